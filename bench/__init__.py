@@ -1,0 +1,1 @@
+"""Measurement: raw in-process benchmarks (serving benchmarks and load tests live beside)."""

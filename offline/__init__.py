@@ -1,0 +1,1 @@
+"""Offline model work: train, export, quantize, evaluate, import, publish."""

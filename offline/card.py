@@ -1,0 +1,167 @@
+"""Model cards: what a model is, how it was built, and what it measured. JSON and Markdown."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from offline.gate import GateResult
+from runners.repository import CARD_JSON, CARD_MD
+
+
+class Candidate(BaseModel):
+    """One INT8 quantization tried on the validation data."""
+
+    method: str
+    top1: float | None
+    agreement: float
+    bytes: int
+    images_per_s_batch8: float = Field(description="ONNX Runtime, batch 8, in-process.")
+
+
+class BuildInfo(BaseModel):
+    how: str
+    reproduce: str
+    calibration: str
+    quantization_method: str
+    why_this_method: str
+    candidates: list[Candidate]
+    tool_versions: dict[str, str]
+
+
+class Evaluation(BaseModel):
+    data: str
+    samples: int
+    labelled: bool
+    fp32_top1: float | None
+    int8_top1: float | None
+    int8_fp32_agreement: float
+    backend_agreement: dict[str, float] = Field(
+        description="Per variant: share of inputs where OpenVINO and ONNX Runtime agree on top-1."
+    )
+
+
+class PerfRow(BaseModel):
+    variant: str
+    backend: str
+    batch_size: int
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+class Files(BaseModel):
+    fp32_bytes: int
+    int8_bytes: int | None
+
+
+class ModelCard(BaseModel):
+    family: str
+    kind: Literal["classifier", "load_profile"]
+    summary: str
+    input: str
+    unbatched: bool = Field(description="True when the graph only accepts batch 1.")
+    built: BuildInfo
+    evaluation: Evaluation
+    gate: GateResult
+    files: Files
+    machine: str
+    performance: list[PerfRow]
+
+    def files_for_repository(self) -> dict[str, str]:
+        return {CARD_JSON: self.model_dump_json(indent=2) + "\n", CARD_MD: render_markdown(self)}
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("onnx", "onnxruntime", "openvino", "nncf", "torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def describe_machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _int8_size(files: Files) -> str:
+    if files.int8_bytes is None:
+        return "not published"
+    return f"{files.int8_bytes / 1e6:.2f} MB ({files.int8_bytes / files.fp32_bytes:.0%} of FP32)"
+
+
+def render_markdown(card: ModelCard) -> str:
+    e, f = card.evaluation, card.files
+    lines = [
+        f"# Model card: {card.family}",
+        "",
+        card.summary,
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| kind | {card.kind.replace('_', ' ')} |",
+        f"| input | {card.input} |",
+        f"| batching | {'unbatched (fixed batch 1)' if card.unbatched else 'dynamic batch axis'} |",
+        f"| evaluated on | {e.data} ({e.samples} inputs) |",
+        f"| FP32 top-1 | {_pct(e.fp32_top1)} |",
+        f"| INT8 top-1 | {_pct(e.int8_top1)} |",
+        f"| INT8/FP32 top-1 agreement | {_pct(e.int8_fp32_agreement)} |",
+        *(
+            f"| OpenVINO/ONNX Runtime agreement ({v}) | {_pct(a)} |"
+            for v, a in e.backend_agreement.items()
+        ),
+        f"| accuracy gate | {'passed' if card.gate.passed else 'FAILED'}: {card.gate.explain()} |",
+        f"| FP32 file | {f.fp32_bytes / 1e6:.2f} MB |",
+        f"| INT8 file | {_int8_size(f)} |",
+        "",
+        "## How it was built",
+        "",
+        card.built.how,
+        "",
+        f"Reproduce: `{card.built.reproduce}`",
+        "",
+        f"Calibration: {card.built.calibration}",
+        "",
+        f"INT8 method kept: **{card.built.quantization_method}**. {card.built.why_this_method}",
+        "",
+        "| method | top-1 | agreement with FP32 | size | ORT img/s (batch 8) |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| {c.method} | {_pct(c.top1)} | {_pct(c.agreement)} | {c.bytes / 1e6:.2f} MB "
+            f"| {c.images_per_s_batch8:,.0f} |"
+            for c in card.built.candidates
+        ),
+        "",
+        "Tools: " + ", ".join(f"{k} {v}" for k, v in card.built.tool_versions.items()),
+        "",
+        "## Raw in-process performance",
+        "",
+        f"Machine: {card.machine}. One process, back-to-back calls, no server.",
+        "",
+        "| variant | backend | batch | images/s | p50 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {r.variant} | {r.backend} | {r.batch_size} | {r.images_per_s:,.0f} "
+            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
+            for r in card.performance
+        ),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""The accuracy gate: an INT8 variant is published only if it keeps the accuracy.
+
+With labels: the top-1 drop vs FP32 must be at most `max_drop_points` percentage points.
+Without labels: top-1 agreement with FP32 must be at least `min_agreement`. Random-weight
+load profiles are not classifiers: their agreement is recorded, no gate applies.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runners.errors import AccuracyGateFailed
+
+GateMode = Literal["labelled", "agreement", "not_applied"]
+
+
+class GateThresholds(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    max_drop_points: float = Field(default=0.5, ge=0, description="Top-1 drop, in points.")
+    min_agreement: float = Field(default=0.99, ge=0, le=1, description="Top-1 agreement.")
+
+
+class GateResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    mode: GateMode
+    passed: bool
+    fp32_top1: float | None
+    int8_top1: float | None
+    agreement: float
+    drop_points: float | None
+    thresholds: GateThresholds
+
+    def explain(self) -> str:
+        t = self.thresholds
+        if self.mode == "labelled":
+            return (
+                f"INT8 top-1 {self.int8_top1:.2%} vs FP32 {self.fp32_top1:.2%}: a drop of "
+                f"{self.drop_points:.2f} points (threshold: at most {t.max_drop_points:.2f})"
+            )
+        if self.mode == "agreement":
+            return (
+                f"INT8 agrees with FP32 on {self.agreement:.2%} of inputs "
+                f"(threshold: at least {t.min_agreement:.2%})"
+            )
+        return f"no gate (load profile); INT8 agrees with FP32 on {self.agreement:.2%}"
+
+
+def evaluate_gate(
+    *,
+    agreement: float,
+    fp32_top1: float | None,
+    int8_top1: float | None,
+    apply: bool = True,
+    thresholds: GateThresholds | None = None,
+) -> GateResult:
+    """Judge figures already measured; labels are present when both top-1 figures are."""
+    t = thresholds or GateThresholds()
+    if not apply:
+        return GateResult(
+            mode="not_applied", passed=True, fp32_top1=fp32_top1, int8_top1=int8_top1,
+            agreement=agreement, drop_points=None, thresholds=t,
+        )  # fmt: skip
+    if fp32_top1 is not None and int8_top1 is not None:
+        drop = round((fp32_top1 - int8_top1) * 100, 6)
+        return GateResult(
+            mode="labelled", passed=drop <= t.max_drop_points, fp32_top1=fp32_top1,
+            int8_top1=int8_top1, agreement=agreement, drop_points=drop, thresholds=t,
+        )  # fmt: skip
+    return GateResult(
+        mode="agreement", passed=agreement >= t.min_agreement, fp32_top1=None,
+        int8_top1=None, agreement=agreement, drop_points=None, thresholds=t,
+    )  # fmt: skip
+
+
+def enforce(result: GateResult, model: str) -> None:
+    """Raise a clear error naming both figures and the threshold when the gate fails."""
+    if not result.passed:
+        raise AccuracyGateFailed(
+            f"INT8 variant of {model!r} refused by the accuracy gate: {result.explain()}"
+        )

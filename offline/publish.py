@@ -1,0 +1,230 @@
+"""Publish a model family: FP32 always, INT8 only through the accuracy gate.
+
+Every way a model enters the repository (the default digits model, the load profiles, a
+user's import) goes through `publish`, so every variant is quantized, judged and measured
+the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench.timing import time_backend
+from offline.card import (
+    BuildInfo,
+    Candidate,
+    Evaluation,
+    Files,
+    ModelCard,
+    PerfRow,
+    describe_machine,
+    tool_versions,
+)
+from offline.evaluate import agreement, predict_top1, top1_accuracy
+from offline.gate import GateThresholds, enforce, evaluate_gate
+from offline.quantize import QUANTIZERS
+from runners.backends import BACKENDS, create_backend
+from runners.preprocessing import PreprocessSpec
+from runners.repository import Batching, ModelEntry, TensorSpec, Variant, write_model
+from runners.settings import BackendSettings
+
+log = logging.getLogger(__name__)
+
+# Candidates whose quality is within this of the best are "as good"; the faster one wins.
+QUALITY_TIE = 0.001
+
+
+@dataclass
+class PublishRequest:
+    family: str
+    fp32_onnx: Path
+    spec: PreprocessSpec
+    labels: tuple[str, ...]
+    input_name: str
+    output_name: str
+    calibration: np.ndarray
+    validation: np.ndarray
+    validation_labels: np.ndarray | None
+    validation_description: str
+    repository: Path
+    batching: Batching
+    summary: str
+    how_built: str
+    reproduce: str
+    calibration_description: str
+    load_profile: bool = False
+    output_kind: str = "logits"
+    preferred_backend: str = "onnxruntime"
+    quantizers: tuple[str, ...] = tuple(QUANTIZERS)
+    measure_batch_sizes: tuple[int, ...] = (1, 8, 32)
+    measure_duration_s: float = 1.0
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+
+
+def _entry(request: PublishRequest, variant: Variant) -> ModelEntry:
+    return ModelEntry(
+        name=f"{request.family}_{variant}",
+        family=request.family,
+        variant=variant,
+        version=1,
+        directory=request.repository / f"{request.family}_{variant}",
+        input=TensorSpec(name=request.input_name, dims=request.spec.sample_shape),
+        output=TensorSpec(name=request.output_name, dims=(len(request.labels),)),
+        labels=request.labels,
+        preprocess=request.spec,
+        batching=request.batching,
+        preferred_backend=request.preferred_backend,  # type: ignore[arg-type]
+        output_kind=request.output_kind,  # type: ignore[arg-type]
+        load_profile=request.load_profile,
+    )
+
+
+def _throughput(path: Path, batch_size: int) -> float:
+    engine = create_backend("onnxruntime", path, BackendSettings())
+    engine.load()
+    return time_backend(engine, batch_size, duration_s=0.5, min_iterations=3).images_per_s
+
+
+def _quality(top1: float | None, agree: float) -> float:
+    return top1 if top1 is not None else agree
+
+
+def publish(request: PublishRequest) -> ModelCard:
+    """Quantize, judge, measure and write both variants; raise if the gate refuses INT8.
+
+    FP32 is written even when INT8 is refused (it is the user's model, unchanged), and a
+    stale INT8 variant of the family is removed so the two never disagree about the source.
+    """
+    labelled = request.validation_labels is not None and not request.load_profile
+    unbatched = request.batching.max_batch_size == 0
+    probe_batch = 1 if unbatched else 8
+    with tempfile.TemporaryDirectory(prefix=f"publish-{request.family}-") as scratch:
+        fp32_pred = predict_top1(request.fp32_onnx, request.validation)
+        fp32_top1 = (
+            top1_accuracy(fp32_pred, request.validation_labels)
+            if labelled and request.validation_labels is not None
+            else None
+        )
+        candidates: list[tuple[Candidate, Path, np.ndarray]] = []
+        for method in request.quantizers:
+            out = Path(scratch) / f"int8_{method}.onnx"
+            log.info("%s: quantizing with %s", request.family, method)
+            QUANTIZERS[method](request.fp32_onnx, out, request.calibration)
+            pred = predict_top1(out, request.validation)
+            top1 = (
+                top1_accuracy(pred, request.validation_labels)
+                if labelled and request.validation_labels is not None
+                else None
+            )
+            candidate = Candidate(
+                method=method,
+                top1=top1,
+                agreement=agreement(pred, fp32_pred),
+                bytes=out.stat().st_size,
+                images_per_s_batch8=_throughput(out, probe_batch),
+            )
+            log.info("%s: %s", request.family, candidate)
+            candidates.append((candidate, out, pred))
+        best = max(_quality(c.top1, c.agreement) for c, _, _ in candidates)
+        chosen, int8_path, int8_pred = max(
+            (
+                item
+                for item in candidates
+                if _quality(item[0].top1, item[0].agreement) >= best - QUALITY_TIE
+            ),
+            key=lambda item: item[0].images_per_s_batch8,
+        )
+        why = (
+            f"Kept for the best {'top-1' if labelled else 'agreement with FP32'} on the "
+            f"validation data (ties within {QUALITY_TIE:.1%} go to the faster file)."
+            if len(candidates) > 1
+            else "The only method requested."
+        )
+        gate = evaluate_gate(
+            agreement=chosen.agreement,
+            fp32_top1=fp32_top1,
+            int8_top1=chosen.top1,
+            apply=not request.load_profile,
+            thresholds=request.thresholds,
+        )
+        backend_agreement = {
+            variant: agreement(predict_top1(path, request.validation, "openvino"), reference)
+            for variant, path, reference in (
+                ("fp32", request.fp32_onnx, fp32_pred),
+                ("int8", int8_path, int8_pred),
+            )
+        }
+        files = {"fp32": request.fp32_onnx, "int8": int8_path}
+        performance = _measure(request, files if gate.passed else {"fp32": request.fp32_onnx})
+        card = ModelCard(
+            family=request.family,
+            kind="load_profile" if request.load_profile else "classifier",
+            summary=request.summary,
+            input=(
+                f"{request.spec.layout} {request.spec.color_mode} "
+                f"{request.spec.height}x{request.spec.width}"
+            ),
+            unbatched=unbatched,
+            built=BuildInfo(
+                how=request.how_built,
+                reproduce=request.reproduce,
+                calibration=request.calibration_description,
+                quantization_method=chosen.method,
+                why_this_method=why,
+                candidates=[c for c, _, _ in candidates],
+                tool_versions=tool_versions(),
+            ),
+            evaluation=Evaluation(
+                data=request.validation_description,
+                samples=len(request.validation),
+                labelled=labelled,
+                fp32_top1=fp32_top1,
+                int8_top1=chosen.top1,
+                int8_fp32_agreement=chosen.agreement,
+                backend_agreement=backend_agreement,
+            ),
+            gate=gate,
+            files=Files(
+                fp32_bytes=request.fp32_onnx.stat().st_size,
+                int8_bytes=chosen.bytes if gate.passed else None,
+            ),
+            machine=describe_machine(),
+            performance=performance,
+        )
+        extra = card.files_for_repository()
+        write_model(_entry(request, "fp32"), request.fp32_onnx, extra)
+        int8_entry = _entry(request, "int8")
+        if gate.passed:
+            write_model(int8_entry, int8_path, extra)
+        else:
+            shutil.rmtree(int8_entry.directory, ignore_errors=True)
+        enforce(gate, request.family)
+        return card
+
+
+def _measure(request: PublishRequest, files: dict[str, Path]) -> list[PerfRow]:
+    sizes = (1,) if request.batching.max_batch_size == 0 else request.measure_batch_sizes
+    rows = []
+    for variant, path in files.items():
+        for backend in BACKENDS:
+            engine = create_backend(backend, path, BackendSettings())
+            engine.load()
+            for size in sizes:
+                timing = time_backend(engine, size, duration_s=request.measure_duration_s)
+                rows.append(
+                    PerfRow(
+                        variant=variant,
+                        backend=backend,
+                        batch_size=size,
+                        images_per_s=timing.images_per_s,
+                        p50_ms=timing.p50_ms,
+                        p99_ms=timing.p99_ms,
+                    )
+                )
+    return rows

@@ -1,0 +1,1 @@
+"""Model execution shared by every front end: backends, preprocessing, the repository reader."""

@@ -1,0 +1,42 @@
+"""ONNX Runtime on the CPU execution provider."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from runners.backends.base import Backend, TensorInfo
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+}
+
+
+def _info(node: ort.NodeArg) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) else None for d in node.shape)
+    return TensorInfo(node.name, shape, np.dtype(_ORT_DTYPES.get(node.type, np.float32)))
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def _load(self) -> tuple[TensorInfo, TensorInfo]:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.settings.intra_op_threads
+        options.inter_op_num_threads = self.settings.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning worker threads burn the cores other requests and processes need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        self._input_name, self._output_name = inputs[0].name, outputs[0].name
+        return _info(inputs[0]), _info(outputs[0])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        result: np.ndarray = self._session.run([self._output_name], {self._input_name: batch})[0]
+        return result

@@ -1,0 +1,311 @@
+"""The model repository: Triton layout, read and written in one place.
+
+    model_repository/<name>/config.pbtxt        Triton ModelConfig (text protobuf)
+    model_repository/<name>/<version>/model.onnx
+    model_repository/<name>/labels.txt          one label per line (output label_filename)
+    model_repository/<name>/model_card.{json,md}
+
+`config.pbtxt` is the single source of truth: Triton reads its batching and instance
+settings, and the project's own settings live in its `parameters` under `project.*` keys
+(Triton's ONNX Runtime backend ignores keys it does not know). FP32 and INT8 are separate
+model names (`digits_fp32`, `digits_int8`) sharing a family, so Triton can serve both.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from google.protobuf import text_format
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tritonclient.grpc import model_config_pb2 as mc
+
+from runners.errors import NotFound, RepositoryError
+from runners.preprocessing import PreprocessSpec
+
+Variant = Literal["fp32", "int8"]
+VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
+CONFIG_FILE = "config.pbtxt"
+LABELS_FILE = "labels.txt"
+MODEL_FILE = "model.onnx"
+CARD_JSON = "model_card.json"
+CARD_MD = "model_card.md"
+
+_DTYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "UINT8": mc.TYPE_UINT8}
+
+
+class TensorSpec(BaseModel):
+    """A model input or output as Triton declares it: dims exclude the batch axis."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    dtype: Literal["FP32", "FP16", "UINT8"] = "FP32"
+    dims: tuple[int, ...]
+
+
+class Batching(BaseModel):
+    """Dynamic batching settings, shared by Triton and the BentoML batcher."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_batch_size: int = Field(ge=0, description="0 serves the model unbatched.")
+    preferred_batch_sizes: tuple[int, ...] = Field(default=())
+    max_queue_delay_us: int = Field(default=2000, ge=0, description="Wait to fill a batch.")
+    max_queue_size: int = Field(default=256, ge=0, description="Bounded queue; 0 = unbounded.")
+
+    @property
+    def max_latency_ms(self) -> float:
+        return self.max_queue_delay_us / 1000
+
+
+class ModelEntry(BaseModel):
+    """One served model (one variant of one family), as read from the repository."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    family: str
+    variant: Variant
+    version: int = Field(ge=1)
+    directory: Path
+    input: TensorSpec
+    output: TensorSpec
+    labels: tuple[str, ...]
+    preprocess: PreprocessSpec
+    batching: Batching
+    instances: int = Field(default=1, ge=1, description="Replicas inside one server.")
+    preferred_backend: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    output_kind: Literal["logits", "probabilities"] = "logits"
+    load_profile: bool = Field(default=False, description="Random weights: not a classifier.")
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.directory / str(self.version) / MODEL_FILE
+
+    @property
+    def card_path(self) -> Path:
+        return self.directory / CARD_JSON
+
+    def card(self) -> dict[str, Any] | None:
+        """The model card's figures, when the model has one."""
+        if not self.card_path.is_file():
+            return None
+        loaded: dict[str, Any] = json.loads(self.card_path.read_text())
+        return loaded
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> Any:
+    """Parse config.pbtxt text as Triton's ModelConfig; a clear error names the file."""
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{source} is not a valid Triton ModelConfig: {exc}") from exc
+    return config
+
+
+def _param(config: Any, key: str, default: str | None = None, source: str = "") -> str:
+    if key in config.parameters:
+        return str(config.parameters[key].string_value)
+    if default is None:
+        raise RepositoryError(f"{source} lacks parameter {key!r}")
+    return default
+
+
+def _dtype_name(value: int, source: str) -> str:
+    for name, code in _DTYPES.items():
+        if code == value:
+            return name
+    raise RepositoryError(f"{source}: unsupported data_type {mc.DataType.Name(value)}")
+
+
+def _tensor(tensor: Any, max_batch_size: int, source: str) -> TensorSpec:
+    """A config tensor with the batch axis removed: Triton lists it only when unbatched."""
+    dims = tuple(tensor.dims)
+    if max_batch_size == 0:
+        if not dims or dims[0] != 1:
+            raise RepositoryError(
+                f"{source}: unbatched tensor {tensor.name!r} must start with a batch dim of 1"
+            )
+        dims = dims[1:]
+    return TensorSpec(
+        name=tensor.name,
+        dtype=_dtype_name(tensor.data_type, source),  # type: ignore[arg-type]
+        dims=dims,
+    )
+
+
+def read_model(directory: Path, name: str | None = None) -> ModelEntry:
+    """Read one model directory; every inconsistency is a RepositoryError naming the file.
+
+    `name` is the model name when the folder is not yet named after it (a staging folder).
+    """
+    name = name or directory.name
+    config_path = directory / CONFIG_FILE
+    source = str(config_path)
+    if not config_path.is_file():
+        raise RepositoryError(f"{source} is missing")
+    config = parse_config(config_path.read_text(), source)
+    if config.name and config.name != name:
+        raise RepositoryError(f"{source} names model {config.name!r}, its folder is {name!r}")
+    if len(config.input) != 1 or len(config.output) != 1:
+        raise RepositoryError(f"{source}: an image classifier has exactly one input and one output")
+    versions = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        raise RepositoryError(f"{directory} has no numbered version folder with {MODEL_FILE}")
+    labels_path = directory / LABELS_FILE
+    if not labels_path.is_file():
+        raise RepositoryError(f"{labels_path} is missing")
+    labels = tuple(line.strip() for line in labels_path.read_text().splitlines() if line.strip())
+    queue = config.dynamic_batching.default_queue_policy
+    try:
+        entry = ModelEntry(
+            name=name,
+            family=_param(config, "project.family", source=source),
+            variant=_param(config, "project.variant", source=source),  # type: ignore[arg-type]
+            version=versions[-1],
+            directory=directory,
+            input=_tensor(config.input[0], config.max_batch_size, source),
+            output=_tensor(config.output[0], config.max_batch_size, source),
+            labels=labels,
+            preprocess=PreprocessSpec.model_validate_json(
+                _param(config, "project.preprocess", source=source)
+            ),
+            batching=Batching(
+                max_batch_size=config.max_batch_size,
+                preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
+                max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
+                max_queue_size=queue.max_queue_size,
+            ),
+            instances=max(1, sum(group.count for group in config.instance_group) or 1),
+            preferred_backend=_param(  # type: ignore[arg-type]
+                config, "project.preferred_backend", "onnxruntime", source
+            ),
+            output_kind=_param(config, "project.output_kind", "logits", source),  # type: ignore[arg-type]
+            load_profile=_param(config, "project.load_profile", "false", source) == "true",
+        )
+    except ValidationError as exc:
+        raise RepositoryError(f"{source}: {exc}") from exc
+    _check_consistent(entry, source)
+    return entry
+
+
+def _check_consistent(entry: ModelEntry, source: str) -> None:
+    if entry.input.dims != entry.preprocess.sample_shape:
+        raise RepositoryError(
+            f"{source}: input dims {list(entry.input.dims)} contradict the preprocessing "
+            f"spec's sample shape {list(entry.preprocess.sample_shape)}"
+        )
+    if len(entry.output.dims) != 1 or entry.output.dims[0] != len(entry.labels):
+        raise RepositoryError(
+            f"{source}: output dims {list(entry.output.dims)} do not match "
+            f"{len(entry.labels)} labels in {LABELS_FILE}"
+        )
+
+
+def render_config(entry: ModelEntry) -> str:
+    """The config.pbtxt text for an entry, loadable by Triton's onnxruntime backend."""
+    config = mc.ModelConfig(
+        name=entry.name,
+        backend="onnxruntime",
+        max_batch_size=entry.batching.max_batch_size,
+    )
+    # Unbatched models (max_batch_size 0) list their fixed batch axis of 1, as Triton expects.
+    lead = [1] if entry.batching.max_batch_size == 0 else []
+    config.input.add(
+        name=entry.input.name,
+        data_type=_DTYPES[entry.input.dtype],
+        dims=[*lead, *entry.input.dims],
+    )
+    config.output.add(
+        name=entry.output.name,
+        data_type=_DTYPES[entry.output.dtype],
+        dims=[*lead, *entry.output.dims],
+        label_filename=LABELS_FILE,
+    )
+    if entry.batching.max_batch_size > 0:
+        batching = config.dynamic_batching
+        batching.preferred_batch_size.extend(entry.batching.preferred_batch_sizes)
+        batching.max_queue_delay_microseconds = entry.batching.max_queue_delay_us
+        batching.default_queue_policy.max_queue_size = entry.batching.max_queue_size
+    config.instance_group.add(count=entry.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.version_policy.latest.num_versions = 1
+    params = {
+        "project.family": entry.family,
+        "project.variant": entry.variant,
+        "project.preferred_backend": entry.preferred_backend,
+        "project.output_kind": entry.output_kind,
+        "project.load_profile": "true" if entry.load_profile else "false",
+        "project.preprocess": entry.preprocess.model_dump_json(),
+    }
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    return str(text_format.MessageToString(config))
+
+
+def write_model(
+    entry: ModelEntry, onnx_file: Path, extra_files: dict[str, str] | None = None
+) -> ModelEntry:
+    """Write a complete model directory atomically: built and re-read aside, then renamed
+    into place, so a server scanning the repository never sees half a model."""
+    target = entry.directory
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=target.parent))
+    try:
+        (staging / str(entry.version)).mkdir()
+        shutil.copyfile(onnx_file, staging / str(entry.version) / MODEL_FILE)
+        (staging / LABELS_FILE).write_text("\n".join(entry.labels) + "\n")
+        (staging / CONFIG_FILE).write_text(render_config(entry))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        read_model(staging, name=entry.name)
+        if target.exists():
+            retired = target.parent / f".{entry.name}.retired"
+            shutil.rmtree(retired, ignore_errors=True)
+            target.rename(retired)
+            shutil.rmtree(retired)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return read_model(target)
+
+
+class Repository:
+    """Every model under a repository root, keyed by name, grouped by family."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        if not root.is_dir():
+            raise RepositoryError(f"model repository {root} does not exist")
+        self.entries: dict[str, ModelEntry] = {
+            path.name: read_model(path)
+            for path in sorted(root.iterdir())
+            if path.is_dir() and not path.name.startswith(".")
+        }
+
+    def __iter__(self) -> Iterator[ModelEntry]:
+        return iter(self.entries.values())
+
+    def families(self) -> dict[str, dict[str, ModelEntry]]:
+        grouped: dict[str, dict[str, ModelEntry]] = {}
+        for entry in self.entries.values():
+            grouped.setdefault(entry.family, {})[entry.variant] = entry
+        return grouped
+
+    def get(self, family: str, variant: str) -> ModelEntry:
+        """The entry for a family and variant; NotFound names what exists."""
+        families = self.families()
+        if family not in families:
+            raise NotFound(f"unknown model {family!r}; models: {', '.join(sorted(families))}")
+        if variant not in families[family]:
+            raise NotFound(
+                f"model {family!r} has no variant {variant!r}; variants: "
+                f"{', '.join(sorted(families[family]))}"
+            )
+        return families[family][variant]
