@@ -17,6 +17,7 @@ from PIL import Image
 from offline.card import ModelCard
 from offline.data import load_splits
 from offline.publish import PublishRequest, publish
+from offline.quantize import QUANTIZERS
 from runners.preprocessing import PreprocessSpec, decode_and_preprocess
 from runners.repository import Batching
 
@@ -45,7 +46,13 @@ def fp32_source(repository: Path) -> Path:
     return repository / f"{FAMILY}_fp32" / "1" / "model.onnx"
 
 
-def build(repository: Path, retrain: bool = False, epochs: int = 30) -> ModelCard:
+def build(
+    repository: Path,
+    retrain: bool = False,
+    epochs: int = 30,
+    quantizers: tuple[str, ...] = tuple(QUANTIZERS),
+    measure_duration_s: float = 1.0,
+) -> ModelCard:
     """Publish digits_fp32 and digits_int8 (gated on the held-out split)."""
     splits = load_splits()
     with tempfile.TemporaryDirectory(prefix="digits-") as scratch:
@@ -93,5 +100,7 @@ def build(repository: Path, retrain: bool = False, epochs: int = 30) -> ModelCar
                 ),
                 reproduce=".venv/bin/pip install -e '.[train,build]' && "
                 ".venv/bin/python -m offline digits --retrain",
+                quantizers=quantizers,
+                measure_duration_s=measure_duration_s,
             )
         )

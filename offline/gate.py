@@ -7,8 +7,10 @@ load profiles are not classifiers: their agreement is recorded, no gate applies.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from runners.errors import AccuracyGateFailed
@@ -82,3 +84,22 @@ def enforce(result: GateResult, model: str) -> None:
         raise AccuracyGateFailed(
             f"INT8 variant of {model!r} refused by the accuracy gate: {result.explain()}"
         )
+
+
+def judge_files(
+    fp32: Path,
+    int8: Path,
+    inputs: np.ndarray,
+    labels: np.ndarray | None,
+    thresholds: GateThresholds | None = None,
+) -> GateResult:
+    """Evaluate an FP32/INT8 pair on the same inputs (ONNX Runtime) and judge the INT8 one."""
+    from offline.evaluate import agreement, predict_top1, top1_accuracy
+
+    fp32_pred, int8_pred = predict_top1(fp32, inputs), predict_top1(int8, inputs)
+    return evaluate_gate(
+        agreement=agreement(int8_pred, fp32_pred),
+        fp32_top1=None if labels is None else top1_accuracy(fp32_pred, labels),
+        int8_top1=None if labels is None else top1_accuracy(int8_pred, labels),
+        thresholds=thresholds,
+    )

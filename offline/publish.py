@@ -36,8 +36,8 @@ from runners.settings import BackendSettings
 
 log = logging.getLogger(__name__)
 
-# Candidates whose quality is within this of the best are "as good"; the faster one wins.
-QUALITY_TIE = 0.001
+# Quality (top-1, or agreement without labels) decides; speed only breaks an exact tie.
+QUALITY_TIE = 1e-9
 
 
 @dataclass
@@ -142,7 +142,7 @@ def publish(request: PublishRequest) -> ModelCard:
         )
         why = (
             f"Kept for the best {'top-1' if labelled else 'agreement with FP32'} on the "
-            f"validation data (ties within {QUALITY_TIE:.1%} go to the faster file)."
+            "validation data (an exact tie goes to the faster file)."
             if len(candidates) > 1
             else "The only method requested."
         )

@@ -256,6 +256,7 @@ def write_model(
     target = entry.directory
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; servers in containers run as other users
     try:
         (staging / str(entry.version)).mkdir()
         shutil.copyfile(onnx_file, staging / str(entry.version) / MODEL_FILE)

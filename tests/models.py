@@ -1,0 +1,46 @@
+"""Tiny real ONNX classifiers built in a temporary folder for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def tiny_classifier(
+    path: Path, channels: int = 1, size: int = 8, classes: int = 3, seed: int = 0
+) -> Path:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm, dynamic batch, float32."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "conv_w": rng.standard_normal((4, channels, 3, 3)).astype(np.float32),
+        "conv_b": rng.standard_normal(4).astype(np.float32) * 0.1,
+        "fc_w": rng.standard_normal((classes, 4)).astype(np.float32),
+        "fc_b": rng.standard_normal(classes).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.FLOAT, ["batch", channels, size, size]
+            )
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
