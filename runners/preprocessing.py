@@ -7,10 +7,18 @@ before any pixel is decoded: Pillow's own bomb limit (~179 Mpx) is far too high 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runners.errors import EmptyInput, ImageDecodeError, ImageTooLarge, PayloadTooLarge
 
 
 class PreprocessSpec(BaseModel):
@@ -84,8 +92,268 @@ class ImageLimits(BaseModel):
     max_side: int = Field(default=12_000, gt=0, description="Cap on either declared side.")
 
 
+_SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, BMP or GIF"
+_DEFAULT_LIMITS = ImageLimits()
+
+# Pillow's parsers report a malformed file with many exception types (OSError, SyntaxError,
+# ValueError, struct.error, EOFError, IndexError, AssertionError...). From untrusted bytes each
+# of them means "not a decodable image", so the narrow open and load steps catch them all.
+_PILLOW_FAILURES = (Exception,)
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+
+# Pillow's own `thumbnail` keeps at least twice the target size when it decodes a JPEG at a
+# reduced DCT scale, so the final resize still has detail to antialias from.
+_DRAFT_MARGIN = 2
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
+_KEYED_TRANSPARENCY_MODES = frozenset({"P", "L", "RGB"})  # `transparency` in info, no alpha band
+
+# Pillow's BILINEAR widens its filter when shrinking (antialiasing), as torchvision's Resize
+# does on PIL images: the common preprocessing that models were trained with.
+_RESAMPLE = Image.Resampling.BILINEAR
+
+
 def decode_and_preprocess(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
 ) -> np.ndarray:
     """Encoded image bytes -> one float32 sample of `spec.sample_shape`."""
-    raise NotImplementedError
+    return preprocess_image(decode_image(data, limits, spec), spec)
+
+
+def decode_image(
+    data: bytes, limits: ImageLimits | None = None, spec: PreprocessSpec | None = None
+) -> Image.Image:
+    """Encoded bytes -> the first frame as a loaded, upright image in the file's own mode.
+
+    Limits are checked from the header before any pixel is decoded. Given `spec`, a large JPEG
+    is decoded at a reduced scale that still covers the size `spec` resizes it to.
+    """
+    limits = limits or _DEFAULT_LIMITS
+    if not data:
+        raise EmptyInput("the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes"
+        )
+    with _pillow_warnings():
+        image = _open(data, limits)
+        _check_declared_size(image.size, limits)
+        if spec is not None and image.format == "JPEG":
+            _draft(image, spec)
+        try:
+            image.load()
+        except _BOMB as exc:  # a GIF frame may reach beyond the declared screen
+            raise _too_large(exc, limits) from exc
+        except _PILLOW_FAILURES as exc:
+            raise ImageDecodeError(
+                f"corrupt or truncated {image.format} image data ({type(exc).__name__}: {exc})"
+            ) from exc
+        # A broken EXIF block does not make the pixels wrong: show them as stored, as browsers do.
+        with contextlib.suppress(*_PILLOW_FAILURES):
+            ImageOps.exif_transpose(image, in_place=True)
+    return image
+
+
+def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """A decoded image in any Pillow mode -> one float32 sample of `spec.sample_shape`."""
+    image = _to_color_mode(image, spec.color_mode)
+    image = _resize(image, spec)
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, np.newaxis]
+    if spec.color_mode == "RGB" and spec.channel_order == "BGR":
+        pixels = pixels[:, :, ::-1]
+    if spec.layout == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)
+    gain, offset = _affine(spec)
+    # One pass from uint8 into the contiguous output, one in place: no float temporaries.
+    sample = np.empty(spec.sample_shape, dtype=np.float32)
+    np.multiply(pixels, gain, out=sample)
+    sample += offset
+    return sample
+
+
+@contextlib.contextmanager
+def _pillow_warnings() -> Iterator[None]:
+    """Turn Pillow's bomb warning into an error and silence its remarks on malformed metadata.
+
+    Before Python 3.14 `catch_warnings` swaps process-wide state, so concurrent requests can
+    race on it. The worst a race does is let one bomb warning reach the log (the pixel limit
+    still refuses that image) or leave these two Pillow-only filters installed.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        yield
+
+
+def _open(data: bytes, limits: ImageLimits) -> ImageFile.ImageFile:
+    """Read the header only: Image.open is lazy and decodes no pixels."""
+    try:
+        return Image.open(io.BytesIO(data), formats=_SUPPORTED_FORMATS)
+    except _BOMB as exc:
+        raise _too_large(exc, limits) from exc
+    except UnidentifiedImageError as exc:
+        claimed = _sniff(data)
+        problem = (
+            f"its {claimed} header is corrupt or truncated"
+            if claimed
+            else f"it is not a {_FORMAT_NAMES} image"
+        )
+        raise ImageDecodeError(f"cannot decode the image: {problem}") from exc
+    except _PILLOW_FAILURES as exc:
+        raise ImageDecodeError(
+            f"cannot decode the image: its {_sniff(data) or 'image'} header is corrupt or "
+            f"truncated ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _sniff(data: bytes) -> str:
+    """The supported format the leading bytes claim, for error messages only."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data.startswith(b"BM"):
+        return "BMP"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return ""
+
+
+def _check_declared_size(size: tuple[int, int], limits: ImageLimits) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"the image declares an empty size {width}x{height}")
+    if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+        raise ImageTooLarge(
+            f"the image declares {width}x{height} ({width * height} pixels); the limit is "
+            f"{limits.max_pixels} pixels and {limits.max_side} pixels per side"
+        )
+
+
+def _too_large(exc: Exception, limits: ImageLimits) -> ImageTooLarge:
+    """Pillow's own bomb guard fired; its message carries the declared pixel count."""
+    return ImageTooLarge(
+        f"the image declares too many pixels ({exc}); the limit is {limits.max_pixels} pixels "
+        f"and {limits.max_side} pixels per side"
+    )
+
+
+def _draft(image: ImageFile.ImageFile, spec: PreprocessSpec) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when the model needs far fewer pixels.
+
+    DCT scaling skips most of the decoding work and memory of a large photo, and a grayscale
+    model gets the luma plane straight from the decoder instead of RGB.
+    """
+    width, height = image.size
+    turned = False
+    with contextlib.suppress(*_PILLOW_FAILURES):
+        turned = image.getexif().get(_EXIF_ORIENTATION, 1) in _QUARTER_TURNS
+    # Until it is transposed, a quarter-turned image is sideways to the sizes the spec names.
+    if turned:
+        width, height = height, width
+    target_w, target_h = _resized_size(width, height, spec)
+    request = (target_w * _DRAFT_MARGIN, target_h * _DRAFT_MARGIN)
+    if turned:
+        request = request[::-1]
+    image.draft("L" if spec.color_mode == "L" else None, request)
+
+
+def _to_color_mode(image: Image.Image, color_mode: Literal["L", "RGB"]) -> Image.Image:
+    """Any Pillow mode -> 8-bit L or RGB, with transparency composited on white."""
+    if image.mode in _KEYED_TRANSPARENCY_MODES and "transparency" in image.info:
+        image = image.convert("RGBA")
+    mode = image.mode
+    if mode in _ALPHA_MODES:
+        image = _on_white(image)
+    elif mode in _SIXTEEN_BIT_MODES:
+        # 65535 / 257 = 255 exactly: scale the range down rather than clip it to 8 bits.
+        wide = np.clip(np.asarray(image), 0, 65535) / 257.0
+        image = Image.fromarray(np.rint(wide).astype(np.uint8))
+    elif mode == "F":
+        floats = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
+        image = Image.fromarray(np.rint(np.clip(floats, 0, 255)).astype(np.uint8))
+    elif mode == "1":
+        image = image.convert("L")
+    elif mode not in ("L", "RGB"):  # P, CMYK, YCbCr, LAB, HSV, RGBX...
+        try:
+            image = image.convert("RGB")
+        except ValueError as exc:
+            raise ImageDecodeError(f"cannot convert a {mode} image to RGB") from exc
+    return image if image.mode == color_mode else image.convert(color_mode)
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """Blend by alpha over white, so the colour hidden under transparent pixels never shows."""
+    if image.mode not in ("RGBA", "LA"):  # premultiplied or palette alpha
+        image = image.convert("RGBA")
+    base = "L" if image.mode == "LA" else "RGB"
+    canvas = Image.new(base, image.size, "white")
+    canvas.paste(image.convert(base), mask=image.getchannel("A"))
+    return canvas
+
+
+def _resized_size(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int]:
+    """The size an image of `width` x `height` is resized to, before any crop or padding."""
+    if spec.resize == "shorter_side" and spec.crop == "center":
+        shorter = spec.resize_shorter_to or max(spec.height, spec.width)
+        # torchvision's rule: the shorter side becomes exact, the longer one is truncated.
+        if width <= height:
+            return shorter, max(1, int(shorter * height / width))
+        return max(1, int(shorter * width / height)), shorter
+    if spec.resize == "letterbox":
+        fit = min(spec.width / width, spec.height / height)
+        return (
+            min(spec.width, max(1, round(width * fit))),
+            min(spec.height, max(1, round(height * fit))),
+        )
+    # stretch, and shorter_side without a crop: keeping the aspect and then stretching to the
+    # exact size is one stretch, so it is done as one resize (one resampling, not two).
+    return spec.width, spec.height
+
+
+def _resize(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    size = _resized_size(*image.size, spec)
+    if image.size != size:
+        image = image.resize(size, _RESAMPLE)
+    target = (spec.width, spec.height)
+    if size == target:
+        return image
+    if spec.resize == "letterbox":
+        fill = spec.pad_value if image.mode == "L" else (spec.pad_value,) * 3
+        canvas = Image.new(image.mode, target, fill)
+        canvas.paste(image, ((target[0] - size[0]) // 2, (target[1] - size[1]) // 2))
+        return canvas
+    # Centre crop with torchvision's rounding; Pillow fills any part outside the image with 0.
+    left = round((size[0] - target[0]) / 2.0)
+    top = round((size[1] - target[1]) / 2.0)
+    return image.crop((left, top, left + target[0], top + target[1]))
+
+
+@functools.lru_cache(maxsize=64)
+def _affine(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Fold invert, scale and per-channel mean/std into one gain and offset per channel.
+
+    ((255 - x if invert else x) * scale - mean) / std == x * gain + offset.
+    """
+    channels = spec.channels
+    mean = np.broadcast_to(np.asarray(spec.mean, dtype=np.float64), (channels,))
+    std = np.broadcast_to(np.asarray(spec.std, dtype=np.float64), (channels,))
+    sign, base = (-1.0, 255.0) if spec.invert else (1.0, 0.0)
+    gain = sign * spec.scale / std
+    offset = (base * spec.scale - mean) / std
+    if spec.color_mode == "RGB" and spec.channel_order == "BGR":
+        gain, offset = gain[::-1], offset[::-1]
+    shape = (channels, 1, 1) if spec.layout == "NCHW" else (channels,)
+    arrays = tuple(a.astype(np.float32).reshape(shape) for a in (gain, offset))
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays[0], arrays[1]
