@@ -59,6 +59,12 @@ def _profile(args: argparse.Namespace) -> None:
         log.info("published %s: %s", card.family, card.gate.explain())
 
 
+def _import(args: argparse.Namespace) -> None:
+    from offline.importing import cli
+
+    cli.run(args)
+
+
 def _heldout(_: argparse.Namespace) -> None:
     from offline.data import write_heldout
 
@@ -66,6 +72,8 @@ def _heldout(_: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from offline.importing import cli as importing
+
     parser = argparse.ArgumentParser(prog="python -m offline", description=__doc__)
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("name", choices=["mobilenet_v2", "resnet50", "all"])
     profile.add_argument("--measure-duration-s", type=float, default=1.0)
     profile.set_defaults(handler=_profile)
+    imported = commands.add_parser(
+        "import", help="bring your own ONNX image classifier", description=importing.__doc__
+    )
+    importing.add_arguments(imported)
+    imported.set_defaults(handler=_import)
     heldout = commands.add_parser("heldout", help="export the held-out digits split")
     heldout.set_defaults(handler=_heldout)
     args = parser.parse_args(argv)

@@ -19,7 +19,8 @@ class Candidate(BaseModel):
     top1: float | None
     agreement: float
     bytes: int
-    images_per_s_batch8: float = Field(description="ONNX Runtime, batch 8, in-process.")
+    probe_batch_size: int = Field(description="8, or 1 for an unbatched model.")
+    images_per_s: float = Field(description="ONNX Runtime, in-process, at probe_batch_size.")
 
 
 class BuildInfo(BaseModel):
@@ -141,11 +142,11 @@ def render_markdown(card: ModelCard) -> str:
         "",
         f"INT8 method kept: **{card.built.quantization_method}**. {card.built.why_this_method}",
         "",
-        "| method | top-1 | agreement with FP32 | size | ORT img/s (batch 8) |",
+        "| method | top-1 | agreement with FP32 | size | ORT img/s (batch) |",
         "| --- | --- | --- | --- | --- |",
         *(
             f"| {c.method} | {_pct(c.top1)} | {_pct(c.agreement)} | {c.bytes / 1e6:.2f} MB "
-            f"| {c.images_per_s_batch8:,.0f} |"
+            f"| {c.images_per_s:,.0f} ({c.probe_batch_size}) |"
             for c in card.built.candidates
         ),
         "",

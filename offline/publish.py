@@ -127,7 +127,8 @@ def publish(request: PublishRequest) -> ModelCard:
                 top1=top1,
                 agreement=agreement(pred, fp32_pred),
                 bytes=out.stat().st_size,
-                images_per_s_batch8=_throughput(out, probe_batch),
+                probe_batch_size=probe_batch,
+                images_per_s=_throughput(out, probe_batch),
             )
             log.info("%s: %s", request.family, candidate)
             candidates.append((candidate, out, pred))
@@ -138,7 +139,7 @@ def publish(request: PublishRequest) -> ModelCard:
                 for item in candidates
                 if _quality(item[0].top1, item[0].agreement) >= best - QUALITY_TIE
             ),
-            key=lambda item: item[0].images_per_s_batch8,
+            key=lambda item: item[0].images_per_s,
         )
         why = (
             f"Kept for the best {'top-1' if labelled else 'agreement with FP32'} on the "
