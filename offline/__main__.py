@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--measure-duration-s", type=float, default=1.0)
     profile.set_defaults(handler=_profile)
     imported = commands.add_parser(
-        "import", help="bring your own ONNX image classifier", description=importing.__doc__
+        "import",
+        help="bring your own ONNX image classifier",
+        description=importing.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     importing.add_arguments(imported)
     imported.set_defaults(handler=_import)

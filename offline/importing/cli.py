@@ -95,7 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queue-delay-us", type=int, default=DEFAULT_BATCHING.max_queue_delay_us
     )
     serving.add_argument("--max-queue-size", type=int, default=DEFAULT_BATCHING.max_queue_size)
-    serving.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    serving.add_argument(
+        "--backend",
+        choices=["onnxruntime", "openvino"],
+        default=None,
+        help="preferred backend for both variants (default: the faster one measured per variant)",
+    )
     serving.add_argument("--output-kind", choices=["logits", "probabilities"], default="logits")
     build = parser.add_argument_group("quantization, gate and measurement")
     build.add_argument(

@@ -123,7 +123,9 @@ def _reproduce(
             words += ["--preferred-batch-sizes", sizes]
         words += ["--max-queue-delay-us", str(batching.max_queue_delay_us)]
     words += ["--max-queue-size", str(batching.max_queue_size)]
-    words += ["--output-kind", request.output_kind, "--backend", request.preferred_backend]
+    words += ["--output-kind", request.output_kind]
+    if request.preferred_backend is not None:
+        words += ["--backend", request.preferred_backend]
     words += ["--quantizers", ",".join(request.quantizers)]
     words += ["--max-drop-points", f"{request.thresholds.max_drop_points:g}"]
     words += ["--min-agreement", f"{request.thresholds.min_agreement:g}"]
@@ -141,7 +143,7 @@ def import_model(
     validation: Path | None = None,
     repository: Path = DEFAULT_REPOSITORY,
     batching: Batching = DEFAULT_BATCHING,
-    preferred_backend: Literal["onnxruntime", "openvino"] = "onnxruntime",
+    preferred_backend: Literal["onnxruntime", "openvino"] | None = None,
     output_kind: Literal["logits", "probabilities"] = "logits",
     quantizers: Sequence[str] = tuple(QUANTIZERS),
     measure_batch_sizes: Sequence[int] = (1, 8, 32),
