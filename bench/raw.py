@@ -2,8 +2,9 @@
 
 Run: `make bench-raw` (or `.venv/bin/python -m bench.raw --help`). For each model family x
 variant x backend x batch size it prints images/s and p50/p99 latency, then the INT8 / FP32
-throughput ratio per backend and batch size, measured in the same run, and the INT8 file
-size as a share of FP32. Writes everything to JSON.
+throughput ratio per backend and batch size, and the INT8 file size as a share of FP32.
+FP32 and INT8 are timed in alternating rounds (median round), so a burst of other load on
+this shared machine cannot favour one of them. Writes everything to JSON.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from bench.timing import Timing, time_backend
+from bench.timing import Timing, time_interleaved
 from runners.backends import BACKENDS, create_backend
 from runners.repository import Repository
 from runners.settings import REPO_ROOT, BackendSettings
@@ -47,10 +48,12 @@ class Report(BaseModel):
 
 def run(
     repository: Path,
+    *,
     families: list[str] | None,
     backends: list[str],
     batch_sizes: list[int],
-    duration_s: float,
+    rounds: int,
+    round_s: float,
 ) -> Report:
     from offline.card import describe_machine
 
@@ -65,20 +68,23 @@ def run(
                 variants["int8"].onnx_path.stat().st_size
                 / variants["fp32"].onnx_path.stat().st_size
             )
-        for variant, entry in sorted(variants.items()):
-            sizes = batch_sizes if entry.batching.max_batch_size else [1]
-            for backend in backends:
-                engine = create_backend(backend, entry.onnx_path, BackendSettings())
-                engine.load()
-                for size in sizes:
-                    timing = time_backend(engine, size, duration_s=duration_s, min_iterations=3)
-                    row = Row(family=family, variant=variant, backend=backend, timing=timing)
+        unbatched = any(e.batching.max_batch_size == 0 for e in variants.values())
+        for backend in backends:
+            # Both variants loaded side by side and timed in alternating rounds, so the
+            # INT8 / FP32 ratio is measured under the same conditions.
+            engines = {}
+            for variant, entry in sorted(variants.items()):
+                engines[variant] = create_backend(backend, entry.onnx_path, BackendSettings())
+                engines[variant].load()
+            for size in [1] if unbatched else batch_sizes:
+                timings = time_interleaved(engines, size, rounds=rounds, round_s=round_s)
+                for variant, timing in timings.items():
                     log.info(
                         "%-12s %-5s %-11s batch %3d  %9.1f img/s  p50 %8.2f ms  p99 %8.2f ms",
                         family, variant, backend, size, timing.images_per_s,
                         timing.p50_ms, timing.p99_ms,
                     )  # fmt: skip
-                    rows.append(row)
+                    rows.append(Row(family=family, variant=variant, backend=backend, timing=timing))
     ratios = []
     index = {(r.family, r.variant, r.backend, r.timing.batch_size): r for r in rows}
     for (family, variant, backend, size), row in index.items():
@@ -101,16 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", action="append", help="only these families (repeatable)")
     parser.add_argument("--backend", action="append", choices=list(BACKENDS))
     parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--duration-s", type=float, default=3.0, help="per cell")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per cell")
+    parser.add_argument("--round-s", type=float, default=0.6, help="seconds per round")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench-raw.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     report = run(
         args.repository,
-        args.family,
-        args.backend or list(BACKENDS),
-        [int(s) for s in args.batch_sizes.split(",")],
-        args.duration_s,
+        families=args.family,
+        backends=args.backend or list(BACKENDS),
+        batch_sizes=[int(s) for s in args.batch_sizes.split(",")],
+        rounds=args.rounds,
+        round_s=args.round_s,
     )
     log.info("\nINT8 / FP32 throughput, same run (%s):", report.machine)
     for ratio in report.ratios:

@@ -1,0 +1,113 @@
+"""A real BentoML server on a free loopback port, started once per module that asks for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    # /livez answered 200 while /readyz did not: the models were still loading.
+    seen_live_not_ready: bool = False
+    ready_after_s: float = 0.0
+    readyz_codes: list[int] = field(default_factory=list)
+
+
+def start_server(
+    target: str, cwd: Path, log: Path, env: Mapping[str, str], timeout_s: float = 90.0
+) -> Server:
+    """`bentoml serve TARGET` in its own process group; returns once /readyz answers 200."""
+    port = free_port()
+    started = time.monotonic()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    with httpx.Client(base_url=server.url, timeout=2.0) as client:
+        while time.monotonic() - started < timeout_s:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                ready = client.get("/readyz").status_code
+                server.readyz_codes.append(ready)
+                if ready == 200:
+                    server.ready_after_s = time.monotonic() - started
+                    return server
+                if client.get("/livez").status_code == 200:
+                    server.seen_live_not_ready = True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    stop_server(server)
+    raise RuntimeError(f"server not ready after {timeout_s} s:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    """Stop the whole process group (arbiter, entry and runner workers): nothing is left."""
+    try:
+        os.killpg(server.process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the workers share the group and exit after it
+        try:
+            os.killpg(server.process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(server.process.pid, signal.SIGKILL)
+
+
+# Small limits so that every limit is cheap to reach in a test.
+TEST_LIMITS = {
+    "IMGSERVE_MAX_BODY_BYTES": str(256 * 1024),
+    "IMGSERVE_MAX_IMAGES_PER_REQUEST": "16",
+    "IMGSERVE_MAX_PIXELS": str(1000 * 1000),
+    "IMGSERVE_MAX_SIDE": "2000",
+    "IMGSERVE_MAX_CONCURRENT_REQUESTS": "48",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("bentoml_home")
+    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **TEST_LIMITS}
+    running = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
+    try:
+        yield running
+    finally:
+        stop_server(running)
