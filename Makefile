@@ -29,9 +29,10 @@ models: setup
 profiles: setup
 	$(PY) -m offline --repository $(REPO) models --profiles
 
-## serve: set up, build the default model repository if missing, then serve it
+## serve: set up, build the default model repository if missing, then serve it (BentoML)
+PORT ?= 3000
 serve: models
-	@echo "Model repository $(REPO) is ready. Serving (BentoML) lands with the BentoML service issue."
+	IMGSERVE_REPOSITORY=$(abspath $(REPO)) $(VENV)/bin/bentoml serve service:ImageClassifier --host 127.0.0.1 --port $(PORT)
 
 ## test: set up (with torch, for the training test), then the whole suite
 test: setup-train

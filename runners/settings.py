@@ -20,12 +20,27 @@ from pydantic_settings import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class BackendSettings(BaseSettings):
-    """How an engine runs a model: threads and performance hints."""
+class ProjectSettings(BaseSettings):
+    """Base of every settings class: the one prefix, the one file, the one precedence."""
 
     model_config = SettingsConfigDict(
         env_prefix="IMGSERVE_", toml_file="serving.toml", extra="ignore", frozen=True
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class BackendSettings(ProjectSettings):
+    """How an engine runs a model: threads and performance hints."""
 
     backend: Literal["onnxruntime", "openvino"] | None = Field(
         default=None, description="Engine for every model; None uses each model's preferred one."
@@ -42,14 +57,3 @@ class BackendSettings(BaseSettings):
     openvino_streams: int = Field(
         default=0, ge=0, description="OpenVINO NUM_STREAMS; 0 leaves it to the hint."
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))

@@ -1,0 +1,80 @@
+"""The BentoML entry service: `bentoml serve service:ImageClassifier`.
+
+The entry service decodes and validates (the HTTP app in `serving.app`, mounted here); one
+runner service per served variant only infers, with adaptive batching whose settings come
+from the model repository. What is served is a setting (`IMGSERVE_MODELS`, default the
+digits family, both variants); see `serving.settings.ServingSettings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import bentoml
+
+from runners.settings import BackendSettings
+from serving.app import create_app
+from serving.catalog import Catalog
+from serving.gateway import Gateway, Runner
+from serving.runner import quiet, runner_service
+from serving.settings import ServingSettings
+
+settings = ServingSettings()
+backend_settings = BackendSettings()
+catalog = Catalog(settings, backend_settings)
+RUNNERS = {
+    served.key: runner_service(served, settings.runner_workers, backend_settings)
+    for served in catalog
+}
+app = create_app(settings)
+
+
+class ImageClassifier:
+    """Image classification with FP32 and INT8 variants behind adaptive batching."""
+
+    def __init__(self) -> None:
+        proxies = {key: getattr(self, key) for key in RUNNERS}
+        self.gateway = Gateway(
+            catalog,
+            settings,
+            {
+                key: Runner(infer=_infer(proxy), is_ready=_probe(proxy))
+                for key, proxy in proxies.items()
+            },
+        )
+        app.state.gateway = self.gateway
+        self._warming: asyncio.Task[None] | None = None
+
+    @bentoml.on_startup
+    async def warm_up(self) -> None:
+        # In the background: /livez must answer while the runners load.
+        self._warming = asyncio.get_running_loop().create_task(self.gateway.become_ready())
+
+    async def __is_ready__(self) -> bool:
+        return self.gateway.ready
+
+
+def _infer(proxy: Any) -> Any:
+    async def infer(batch: Any) -> Any:
+        return await proxy.infer(batch)
+
+    return infer
+
+
+def _probe(proxy: Any) -> Any:
+    async def is_ready() -> bool:
+        return bool(await proxy.is_ready(1))
+
+    return is_ready
+
+
+for _key, _runner in RUNNERS.items():
+    setattr(ImageClassifier, _key, bentoml.depends(_runner))
+
+ImageClassifier = bentoml.service(  # type: ignore[misc]
+    name="image_classifier",
+    workers=settings.entry_workers,
+    traffic={"timeout": settings.request_timeout_s + 5},
+    **quiet(),
+)(bentoml.asgi_app(app, path="/")(ImageClassifier))

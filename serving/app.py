@@ -1,0 +1,207 @@
+"""The HTTP app mounted on the entry service: classify routes, the model list, /metrics.
+
+Raw and multipart bodies, the byte cap before the body is held, 429 with Retry-After, 504
+and a complete OpenAPI document are plain to write in a FastAPI app and awkward in typed
+`@bentoml.api` IO descriptors, so the entry service mounts this app (`bentoml.asgi_app`).
+One handler turns every `ServingError` into `{error, reason, message}` with its status.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from runners.errors import BadInput, NotFound, ServingError
+from serving.bodies import read_images
+from serving.gateway import Gateway, prediction_dicts
+from serving.metrics import UNKNOWN, render_latest
+from serving.openapi import BATCH_EXAMPLE, CLASSIFY_EXAMPLE, batch_body, classify_body, responses
+from serving.settings import ServingSettings
+
+logger = logging.getLogger("serving")
+
+# A 1x1 black PNG: the smallest valid example body.
+_EXAMPLE_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
+        "3a7e9b550000000a49444154789c63600000000200013a7e9b550000000049454e44ae426082"
+    )
+).decode()
+
+ModelQuery = Annotated[
+    str | None, Query(max_length=64, description="Model family; default from configuration.")
+]
+VariantQuery = Annotated[
+    str | None,
+    Query(max_length=16, description="`fp32` or `int8`; default from configuration."),
+]
+TopKQuery = Annotated[
+    int | None, Query(ge=1, le=1000, description="Labels to return; default from configuration.")
+]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(error: ServingError, retry_after_s: int = 1) -> Response:
+    """The one place a ServingError becomes an HTTP answer."""
+    headers = {"Retry-After": str(retry_after_s)} if error.http_status == 429 else None
+    return json_response(error.to_dict(), error.http_status, headers)
+
+
+def create_app(settings: ServingSettings) -> FastAPI:
+    app = FastAPI(
+        title="Image classification",
+        version="1",
+        description="Classify images with FP32 or INT8 variants behind adaptive batching.",
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    def gateway(request: Request) -> Gateway:
+        found: Gateway | None = getattr(request.app.state, "gateway", None)
+        if found is None:
+            raise NotFound("the service is not initialised")
+        return found
+
+    async def answer(
+        request: Request,
+        endpoint: str,
+        *,
+        model: str | None,
+        variant: str | None,
+        top_k: int | None,
+        many: bool,
+    ) -> Response:
+        start = time.perf_counter()
+        gw = gateway(request)
+        labels = UNKNOWN
+        try:
+            with gw.admit():
+                served = gw.catalog.resolve(model, variant)
+                labels = served.labels
+                limit = settings.max_images_per_request if many else 1
+                images = await read_images(request, settings.max_body_bytes, limit)
+                results = await gw.classify(served, images, top_k or settings.top_k)
+        except ServingError as exc:
+            gw.metrics.outcome(labels, endpoint, exc)
+            return error_response(exc, settings.retry_after_s)
+        entry = served.entry
+        body: dict[str, Any] = {
+            **labels,
+            "model_name": entry.name,
+            "model_version": entry.version,
+        }
+        if many:
+            slots = []
+            for i, result in enumerate(results):
+                if isinstance(result, ServingError):
+                    gw.metrics.outcome(labels, endpoint, result)
+                    slots.append(
+                        {"index": i, "status": result.http_status, "error": result.to_dict()}
+                    )
+                else:
+                    slots.append(
+                        {"index": i, "status": 200, "predictions": prediction_dicts(result)}
+                    )
+            body["results"] = slots
+        else:
+            result = results[0]
+            if isinstance(result, ServingError):
+                gw.metrics.outcome(labels, endpoint, result)
+                return error_response(result)
+            body["predictions"] = prediction_dicts(result)
+        gw.metrics.outcome(labels, endpoint, None)
+        gw.metrics.request_duration_ms.labels(**labels, endpoint=endpoint).observe(
+            (time.perf_counter() - start) * 1000
+        )
+        return json_response(body)
+
+    @app.post(
+        "/v1/classify",
+        summary="Classify one image",
+        description="Top-k labels with scores, and the model, variant, backend and version "
+        "that answered.",
+        responses=responses(CLASSIFY_EXAMPLE, "Top-k labels of the image."),
+        openapi_extra=classify_body(_EXAMPLE_PNG),
+        response_model=None,
+    )
+    async def classify(
+        request: Request,
+        model: ModelQuery = None,
+        variant: VariantQuery = None,
+        top_k: TopKQuery = None,
+    ) -> Response:
+        return await answer(
+            request, "classify", model=model, variant=variant, top_k=top_k, many=False
+        )
+
+    @app.post(
+        "/v1/classify/batch",
+        summary="Classify several images in one request",
+        description=f"Up to {settings.max_images_per_request} images (max_images_per_request); "
+        "results in input order. A bad image is answered in its own slot with its status and "
+        "error; the others are classified.",
+        responses=responses(BATCH_EXAMPLE, "One result per image, in input order."),
+        openapi_extra=batch_body(settings.max_images_per_request),
+        response_model=None,
+    )
+    async def classify_batch(
+        request: Request,
+        model: ModelQuery = None,
+        variant: VariantQuery = None,
+        top_k: TopKQuery = None,
+    ) -> Response:
+        return await answer(
+            request, "classify_batch", model=model, variant=variant, top_k=top_k, many=True
+        )
+
+    @app.get(
+        "/v1/models",
+        summary="Served models and variants with their model-card figures",
+        responses={200: {"description": "Models, variants, defaults and card figures."}},
+        response_model=None,
+    )
+    async def models(request: Request) -> Response:
+        return json_response(gateway(request).catalog.describe())
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        content, media_type = render_latest()
+        return Response(content, media_type=media_type)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(_: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
+            for err in exc.errors()
+        )
+        return error_response(BadInput(f"invalid request parameters: {problems}"))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.url.path}; see /docs.json"))
+        body = {"error": "HTTPException", "reason": "http", "message": str(exc.detail)}
+        return json_response(body, exc.status_code)
+
+    @app.exception_handler(ServingError)
+    async def serving_error(_: Request, exc: ServingError) -> Response:
+        return error_response(exc, settings.retry_after_s)
+
+    return app

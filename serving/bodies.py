@@ -1,0 +1,92 @@
+"""Request bodies: read under a byte cap, then split into encoded images.
+
+BentoML puts no cap on a body, so the cap is enforced here before the whole body is held:
+a declared Content-Length beyond it is refused unread, and a streamed body is refused as
+soon as it crosses it. Two forms carry images: the raw image as the body
+(`Content-Type: image/png`, `image/jpeg`, ... or `application/octet-stream`), and a
+`multipart/form-data` upload with one file part per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from runners.errors import BadInput, EmptyInput, PayloadTooLarge, UnsupportedMediaType
+
+RAW_MEDIA_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/bmp",
+    "image/gif",
+    "application/octet-stream",
+)
+MULTIPART = "multipart/form-data"
+ACCEPTED = ", ".join((*RAW_MEDIA_TYPES, MULTIPART))
+_MAX_TEXT_FIELDS = 16
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `max_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(
+            f"the body is {declared} bytes; the limit is {max_bytes} bytes (max_body_bytes)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(
+                f"the body exceeds the limit of {max_bytes} bytes (max_body_bytes)"
+            )
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_images(request: Request, max_bytes: int, max_images: int) -> list[bytes]:
+    """Encoded images in the order the request carries them; never more than `max_images`."""
+    kind = media_type(request)
+    if kind == MULTIPART:
+        body = await read_body(request, max_bytes)
+        images = await _multipart_files(request.headers, body, max_images)
+    elif kind.startswith("image/") or kind == "application/octet-stream":
+        images = [await read_body(request, max_bytes)]
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {kind or '(none)'!r} is not accepted; send one of: {ACCEPTED}"
+        )
+    if not images or not any(images):
+        raise EmptyInput("the request carries no image")
+    return images
+
+
+async def _multipart_files(headers: Headers, body: bytes, max_images: int) -> list[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+        yield b""
+
+    parser = MultiPartParser(headers, stream(), max_files=max_images, max_fields=_MAX_TEXT_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise PayloadTooLarge(
+                f"the request carries more than {max_images} images; the limit is "
+                f"{max_images} images per request (max_images_per_request)"
+            ) from exc
+        raise BadInput(f"malformed multipart body: {exc.message}") from exc
+    try:
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        return [await upload.read() for upload in files]
+    finally:
+        await form.close()

@@ -1,0 +1,117 @@
+"""What this server serves: the chosen families' variants from the model repository.
+
+The catalog is the closed set every metric label comes from (model, variant, backend), and
+the one place a request's model and variant are resolved; an unknown one is a NotFound that
+names what exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runners.errors import NotFound, RepositoryError
+from runners.repository import ModelEntry, Repository
+from runners.settings import BackendSettings
+from serving.settings import ServingSettings
+
+
+@dataclass(frozen=True)
+class Served:
+    """One served variant: its repository entry and the engine that runs it."""
+
+    entry: ModelEntry
+    backend: str
+
+    @property
+    def key(self) -> str:
+        """The runner service's name: unique, and a valid Python identifier."""
+        return f"runner_{self.entry.name}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"model": self.entry.family, "variant": self.entry.variant, "backend": self.backend}
+
+
+class Catalog:
+    def __init__(self, settings: ServingSettings, backend_settings: BackendSettings) -> None:
+        repository = Repository(settings.repository)
+        families = repository.families()
+        missing = [name for name in settings.models if name not in families]
+        if missing:
+            raise RepositoryError(
+                f"{settings.repository} has no model {', '.join(map(repr, missing))}; "
+                f"models: {', '.join(sorted(families))}"
+            )
+        self.variants: dict[str, dict[str, Served]] = {
+            family: {
+                variant: Served(entry, backend_settings.backend or entry.preferred_backend)
+                for variant, entry in sorted(families[family].items())
+            }
+            for family in settings.models
+        }
+        self.default_model = settings.default_model or settings.models[0]
+        if self.default_model not in self.variants:
+            raise RepositoryError(
+                f"default model {self.default_model!r} is not served; served: "
+                f"{', '.join(self.variants)}"
+            )
+        self.default_variant = settings.default_variant
+
+    def __iter__(self) -> Any:
+        return (served for variants in self.variants.values() for served in variants.values())
+
+    def resolve(self, model: str | None, variant: str | None) -> Served:
+        """The served variant a request names; defaults fill what it leaves out."""
+        model = model or self.default_model
+        variant = variant or self.default_variant
+        if model not in self.variants:
+            raise NotFound(f"unknown model {model!r}; models: {', '.join(sorted(self.variants))}")
+        if variant not in self.variants[model]:
+            raise NotFound(
+                f"model {model!r} has no variant {variant!r}; variants: "
+                f"{', '.join(sorted(self.variants[model]))}"
+            )
+        return self.variants[model][variant]
+
+    def describe(self) -> dict[str, Any]:
+        """Models and variants with their model-card figures, for GET /v1/models."""
+        models = []
+        for family, variants in self.variants.items():
+            first = next(iter(variants.values())).entry
+            card = first.card() or {}
+            models.append(
+                {
+                    "model": family,
+                    "summary": card.get("summary"),
+                    "labels": list(first.labels),
+                    "input": {
+                        "shape": list(first.input.dims),
+                        "color_mode": first.preprocess.color_mode,
+                    },
+                    "evaluation": card.get("evaluation"),
+                    "variants": [_variant(served, card) for served in variants.values()],
+                }
+            )
+        return {
+            "default_model": self.default_model,
+            "default_variant": self.default_variant,
+            "models": models,
+        }
+
+
+def _variant(served: Served, card: dict[str, Any]) -> dict[str, Any]:
+    entry = served.entry
+    figures = card.get("evaluation") or {}
+    return {
+        "variant": entry.variant,
+        "name": entry.name,
+        "version": entry.version,
+        "backend": served.backend,
+        "top1": figures.get(f"{entry.variant}_top1"),
+        "bytes": (card.get("files") or {}).get(f"{entry.variant}_bytes"),
+        "max_batch_size": entry.batching.max_batch_size,
+        "performance": [
+            row for row in card.get("performance", []) if row.get("variant") == entry.variant
+        ],
+    }

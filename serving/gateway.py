@@ -1,0 +1,185 @@
+"""The entry service's work for one request: admit, decode and validate, batch, answer.
+
+Runner services only infer; everything a client can get wrong is caught here, before any
+work reaches a runner. One bad image of a batch request is answered in its own slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from runners.errors import NotReady, Overloaded, ServingError
+from runners.preprocessing import decode_and_preprocess
+from serving.catalog import Catalog, Served
+from serving.coalescer import Coalescer
+from serving.metrics import metrics
+from serving.settings import ServingSettings
+
+logger = logging.getLogger("serving")
+
+Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Probe = Callable[[], Awaitable[bool]]
+
+
+class RunnerFailed(ServingError):
+    """A runner service failed a batch; every request in that batch gets this error."""
+
+    reason = "runner"
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How the entry reaches one variant's runner service."""
+
+    infer: Infer
+    is_ready: Probe
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+
+def top_k(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[list[Prediction]]:
+    """Best `k` labels per row, highest first (ties keep label order)."""
+    k = min(k, scores.shape[1])
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [
+        [Prediction(labels[i], int(i), float(row[i])) for i in order]
+        for row, order in zip(scores, best, strict=True)
+    ]
+
+
+class Gateway:
+    def __init__(self, catalog: Catalog, settings: ServingSettings, runners: dict[str, Runner]):
+        self.catalog = catalog
+        self.settings = settings
+        self.metrics = metrics()
+        self.runners = runners
+        self.ready = False
+        self._in_flight = 0
+        self._limits = settings.image_limits
+        self.coalescers: dict[str, Coalescer] = {}
+        for served in catalog:
+            batching = served.entry.batching
+            self.coalescers[served.key] = Coalescer(
+                self._guarded(served, runners[served.key].infer),
+                max_batch_size=batching.max_batch_size or 1,
+                max_queue_images=batching.max_queue_size,
+                concurrency=settings.runner_workers,
+                on_dispatch=self.metrics.queue_wait_ms.labels(**served.labels).observe,
+            )
+            # Zero-valued series from the start, so rate() works on the first request.
+            for endpoint in ("classify", "classify_batch"):
+                self.metrics.requests.labels(
+                    **served.labels, endpoint=endpoint, outcome="ok", reason="none"
+                )
+
+    @staticmethod
+    def _guarded(served: Served, infer: Infer) -> Infer:
+        """Runner errors as ServingErrors; a 503 from the runner's batcher is retried once."""
+        from bentoml.exceptions import BentoMLException, ServiceUnavailable
+
+        async def run(batch: np.ndarray) -> np.ndarray:
+            for attempt in range(2):
+                try:
+                    return await infer(batch)
+                except ServiceUnavailable as exc:
+                    if attempt:
+                        raise Overloaded(f"{served.key} is overloaded ({exc})") from exc
+                except BentoMLException as exc:
+                    logger.error("runner %s failed a batch of %d: %s", served.key, len(batch), exc)
+                    raise RunnerFailed(f"{served.key} failed the batch: {exc}") from exc
+            raise AssertionError("unreachable")
+
+        return run
+
+    async def become_ready(self, poll_s: float = 0.1) -> None:
+        """Wait for every runner, then send one image through each: the whole path is warm."""
+        for served in self.catalog:
+            runner = self.runners[served.key]
+            while not await _probe(runner.is_ready):
+                await asyncio.sleep(poll_s)
+            sample = np.zeros((1, *served.entry.input.dims), dtype=np.float32)
+            await self.coalescers[served.key].submit(sample, timeout_s=60.0)
+        self.ready = True
+        logger.info("every variant is loaded and warmed up: ready")
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Bound the requests inside this worker; beyond the bound, shed at once (429)."""
+        if not self.ready:
+            raise NotReady("the models are still loading; retry when /readyz answers 200")
+        limit = self.settings.max_concurrent_requests
+        if self._in_flight >= limit:
+            raise Overloaded(
+                f"{self._in_flight} requests are in progress and the limit is {limit} "
+                "(max_concurrent_requests); retry later"
+            )
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def decode(self, served: Served, data: bytes) -> np.ndarray:
+        start = time.perf_counter()
+        spec = served.entry.preprocess
+        if len(data) <= self.settings.inline_decode_bytes:
+            # A small image decodes faster than a hop to a worker thread and back.
+            sample = decode_and_preprocess(data, spec, self._limits)
+        else:
+            sample = await anyio.to_thread.run_sync(decode_and_preprocess, data, spec, self._limits)
+        self.metrics.preprocess_ms.labels(**served.labels).observe(
+            (time.perf_counter() - start) * 1000
+        )
+        return sample
+
+    async def classify(
+        self, served: Served, images: list[bytes], k: int
+    ) -> list[list[Prediction] | ServingError]:
+        """One answer per image, in order: its top-k, or the error that image alone caused."""
+        slots: list[list[Prediction] | ServingError] = []
+        samples: list[np.ndarray] = []
+        for data in images:
+            try:
+                samples.append(await self.decode(served, data))
+                slots.append([])
+            except ServingError as exc:
+                slots.append(exc)
+        if samples:
+            batch = samples[0][np.newaxis] if len(samples) == 1 else np.stack(samples)
+            scores = await self.coalescers[served.key].submit(
+                batch, self.settings.request_timeout_s
+            )
+            answers = iter(top_k(scores, served.entry.labels, k))
+            predictions = self.metrics.predictions
+            for i, slot in enumerate(slots):
+                if not isinstance(slot, ServingError):
+                    best = next(answers)
+                    slots[i] = best
+                    predictions.labels(**served.labels, label=best[0].label).inc()
+        return slots
+
+
+async def _probe(is_ready: Probe) -> bool:
+    try:
+        return await is_ready()
+    except Exception as exc:  # a runner still starting refuses connections
+        logger.debug("runner not ready yet: %s", exc)
+        return False
+
+
+def prediction_dicts(predictions: list[Prediction]) -> list[dict[str, Any]]:
+    return [{"label": p.label, "index": p.index, "score": p.score} for p in predictions]

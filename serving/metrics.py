@@ -1,0 +1,125 @@
+"""Prometheus metrics of the BentoML front end, recorded at one choke point per stage.
+
+Labels come from closed sets only: model, variant and backend from the catalog, `endpoint`
+from the routes below, `outcome` and `reason` from `runners.errors`, `label` from the model's
+labels file. A request for an unknown model is counted under `model="none"`; request paths
+and user strings never become label values.
+
+prometheus_client is imported on first use, not at module import: BentoML workers set
+PROMETHEUS_MULTIPROC_DIR before they build the service, and the client picks its
+(multi-process) value store when it is first imported.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from runners.errors import ServingError
+
+# Milliseconds: a digit is decoded in ~0.05 ms and a batch runs in ~0.1-5 ms; a request that
+# queues behind load can take seconds before it is shed or times out.
+LATENCY_BUCKETS_MS = (
+    0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 75, 100, 250, 500, 1000, 2500, 5000,
+    10000,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+ENDPOINTS = ("classify", "classify_batch")
+UNKNOWN = {"model": "none", "variant": "none", "backend": "none"}
+VARIANT_LABELS = ("model", "variant", "backend")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    request_duration_ms: Any
+    preprocess_ms: Any
+    queue_wait_ms: Any
+    inference_ms: Any
+    batch_size: Any
+    requests: Any
+    predictions: Any
+
+    def outcome(self, labels: dict[str, str], endpoint: str, error: ServingError | None) -> None:
+        """Count one finished request (or one failed image of a batch request)."""
+        outcome, reason = ("ok", "none") if error is None else _outcome(error)
+        self.requests.labels(**labels, endpoint=endpoint, outcome=outcome, reason=reason).inc()
+
+
+def _outcome(error: ServingError) -> tuple[str, str]:
+    if error.http_status == 429:
+        return "shed", error.reason
+    if error.http_status == 504:
+        return "timeout", error.reason
+    if error.http_status == 404:
+        return "not_found", error.reason
+    if 400 <= error.http_status < 500:
+        return "bad_input", error.reason
+    return "error", error.reason
+
+
+@functools.cache
+def metrics() -> Metrics:
+    """The process's metrics, created once (the registry refuses duplicates)."""
+    from prometheus_client import Counter, Histogram
+
+    def histogram(
+        name: str, doc: str, buckets: tuple[float, ...], extra: tuple[str, ...] = ()
+    ) -> Histogram:
+        return Histogram(name, doc, (*VARIANT_LABELS, *extra), buckets=buckets)
+
+    return Metrics(
+        request_duration_ms=histogram(
+            "imgserve_request_duration_ms",
+            "End-to-end time of a classify request inside the entry service, in ms.",
+            LATENCY_BUCKETS_MS,
+            ("endpoint",),
+        ),
+        preprocess_ms=histogram(
+            "imgserve_preprocess_ms",
+            "Decode and preprocess time of one image, in ms.",
+            LATENCY_BUCKETS_MS,
+        ),
+        queue_wait_ms=histogram(
+            "imgserve_queue_wait_ms",
+            "Time an image waits in the entry service's queue before its batch is sent, in ms.",
+            LATENCY_BUCKETS_MS,
+        ),
+        inference_ms=histogram(
+            "imgserve_inference_ms",
+            "Inference time of one batch inside a runner service, in ms.",
+            LATENCY_BUCKETS_MS,
+        ),
+        batch_size=histogram(
+            "imgserve_batch_size",
+            "Images per batch run by a runner service.",
+            BATCH_SIZE_BUCKETS,
+        ),
+        requests=Counter(
+            "imgserve_requests",
+            "Classify requests (and failed images of batch requests) by outcome and reason.",
+            (*VARIANT_LABELS, "endpoint", "outcome", "reason"),
+        ),
+        predictions=Counter(
+            "imgserve_predictions",
+            "Top-1 predictions by class: the input to drift monitoring.",
+            (*VARIANT_LABELS, "label"),
+        ),
+    )
+
+
+def render_latest() -> tuple[bytes, str]:
+    """Every process's metrics (entry and runners share the multi-process directory)."""
+    import os
+
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

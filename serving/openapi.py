@@ -1,0 +1,181 @@
+"""What the OpenAPI document says about each route: bodies, examples and every status.
+
+FastAPI writes the document from these declarations; BentoML's own `/docs.json` merges the
+mounted app's paths into the service's document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.bodies import MULTIPART, RAW_MEDIA_TYPES
+
+_PREDICTIONS = [
+    {"label": "7", "index": 7, "score": 0.9981},
+    {"label": "3", "index": 3, "score": 0.0009},
+]
+_ANSWERED_BY = {
+    "model": "digits",
+    "variant": "fp32",
+    "backend": "onnxruntime",
+    "model_name": "digits_fp32",
+    "model_version": 1,
+}
+CLASSIFY_EXAMPLE = {**_ANSWERED_BY, "predictions": _PREDICTIONS}
+BATCH_EXAMPLE = {
+    **_ANSWERED_BY,
+    "results": [
+        {"index": 0, "status": 200, "predictions": _PREDICTIONS},
+        {
+            "index": 1,
+            "status": 422,
+            "error": {
+                "error": "ImageDecodeError",
+                "reason": "undecodable",
+                "message": "cannot decode the image: it is not a JPEG, PNG, WebP, BMP or GIF image",
+            },
+        },
+    ],
+}
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "reason", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "The error's class name."},
+        "reason": {"type": "string", "description": "A closed set: also a metric label."},
+        "message": {"type": "string", "description": "What was wrong; names the limit."},
+    },
+}
+
+
+def _error(description: str, error: str, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": _ERROR_SCHEMA,
+                "example": {"error": error, "reason": reason, "message": message},
+            }
+        },
+    }
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error(
+        "Bad input: an empty body, a malformed multipart body or a bad query parameter.",
+        "EmptyInput",
+        "empty",
+        "the image is empty (0 bytes)",
+    ),
+    404: _error(
+        "Unknown model or variant; the message names what exists.",
+        "NotFound",
+        "not_found",
+        "model 'digits' has no variant 'fp16'; variants: fp32, int8",
+    ),
+    413: _error(
+        "A limit was exceeded: body bytes, images per request or pixels of an image.",
+        "PayloadTooLarge",
+        "too_large",
+        "the body is 9000000 bytes; the limit is 8388608 bytes (max_body_bytes)",
+    ),
+    415: _error(
+        "The Content-Type is not an accepted image type or multipart/form-data.",
+        "UnsupportedMediaType",
+        "media_type",
+        "Content-Type 'text/plain' is not accepted; send one of: image/png, ...",
+    ),
+    422: _error(
+        "The bytes are not a decodable image.",
+        "ImageDecodeError",
+        "undecodable",
+        "cannot decode the image: it is not a JPEG, PNG, WebP, BMP or GIF image",
+    ),
+    429: {
+        **_error(
+            "Overloaded: shed at once instead of queueing into a timeout; retry after "
+            "the Retry-After header's seconds.",
+            "Overloaded",
+            "shed",
+            "the queue holds 512 images and its limit is 512; retry later",
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer"},
+            }
+        },
+    },
+    500: _error(
+        "An internal failure (a runner failed the batch); never caused by input alone.",
+        "RunnerFailed",
+        "runner",
+        "runner_digits_fp32 failed the batch: ...",
+    ),
+    503: _error(
+        "Not ready: the models are still loading (see /readyz).",
+        "NotReady",
+        "not_ready",
+        "the models are still loading; retry when /readyz answers 200",
+    ),
+    504: _error(
+        "The request was not answered within its deadline (request_timeout_s).",
+        "DeadlineExceeded",
+        "timeout",
+        "the request was not answered within its 10 s deadline",
+    ),
+}
+
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def classify_body(example_png: str) -> dict[str, Any]:
+    """One image: the raw body, or one file part named `image`."""
+    raw: dict[str, dict[str, Any]] = {kind: {"schema": _BINARY} for kind in RAW_MEDIA_TYPES}
+    raw["image/png"] = {"schema": _BINARY, "example": example_png}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "One image as the raw body (Content-Type image/png, image/jpeg, "
+            "...), or as a multipart/form-data upload with one file part named `image`.",
+            "content": {
+                **raw,
+                MULTIPART: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {"image": _BINARY},
+                    }
+                },
+            },
+        }
+    }
+
+
+def batch_body(max_images: int) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"Up to {max_images} images as file parts named `images`; results "
+            "come back in the same order.",
+            "content": {
+                MULTIPART: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["images"],
+                        "properties": {
+                            "images": {"type": "array", "items": _BINARY, "maxItems": max_images}
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+
+def responses(example: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {"description": description, "content": {"application/json": {"example": example}}},
+        **ERRORS,
+    }

@@ -1,0 +1,59 @@
+"""One BentoML runner service per served variant: load, warm up, infer batches. Nothing else.
+
+Its batching settings come from the model repository (`config.pbtxt`): `max_batch_size`
+and `max_latency_ms` (Triton's max queue delay). Its replicas are its `workers`, a setting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from runners.model import LoadedModel
+from runners.settings import BackendSettings
+from serving.catalog import Served
+from serving.metrics import metrics
+
+
+# BentoML's request metrics label by raw path (a random path is a new series) and its access
+# log costs CPU per request: the service's own metrics replace the first, the second is off.
+def quiet() -> dict[str, Any]:
+    """Service config shared by every service here (a fresh dict: BentoML merges into it)."""
+    return {"metrics": {"enabled": False}, "logging": {"access": {"enabled": False}}}
+
+
+def runner_service(
+    served: Served, workers: int, backend_settings: BackendSettings
+) -> bentoml.Service[Any]:
+    entry = served.entry
+    batching = entry.batching
+    labels = served.labels
+
+    class VariantRunner:
+        def __init__(self) -> None:
+            # Load and warm up before the worker serves: its /readyz answers only after this.
+            self.model = LoadedModel.load(entry, backend=served.backend, settings=backend_settings)
+            self.metrics = metrics()
+            self.inference_ms = self.metrics.inference_ms.labels(**labels)
+            self.batch_size = self.metrics.batch_size.labels(**labels)
+
+        # Inference is sub-millisecond to a few ms: run it on the loop, not via a thread hop.
+        @bentoml.api(
+            batchable=batching.max_batch_size > 1,
+            max_batch_size=max(2, batching.max_batch_size),
+            max_latency_ms=max(1, math.ceil(batching.max_latency_ms)),
+        )
+        async def infer(self, batch: np.ndarray) -> np.ndarray:
+            """Class scores for a batch of preprocessed samples (batch axis first)."""
+            start = time.perf_counter()
+            scores = self.model.scores(batch)
+            self.inference_ms.observe((time.perf_counter() - start) * 1000)
+            self.batch_size.observe(len(batch))
+            return scores
+
+    VariantRunner.__name__ = VariantRunner.__qualname__ = f"Runner_{entry.name}"
+    return bentoml.service(name=served.key, workers=workers, **quiet())(VariantRunner)

@@ -1,0 +1,71 @@
+"""Typed settings of the BentoML front end.
+
+One environment prefix, `IMGSERVE_` (shared with `runners.settings.BackendSettings`).
+Precedence: explicit arguments > environment > `serving.toml` in the working directory >
+the defaults below. Batching itself (max batch size, max latency, queue bound) is not here:
+the model repository's `config.pbtxt` is its single source of truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from runners.preprocessing import ImageLimits
+from runners.settings import REPO_ROOT, ProjectSettings
+
+
+class ServingSettings(ProjectSettings):
+    """What the BentoML service serves and the limits it enforces."""
+
+    repository: Path = Field(
+        default=REPO_ROOT / "model_repository", description="Model repository root."
+    )
+    models: tuple[str, ...] = Field(
+        default=("digits",), min_length=1, description="Model families to serve."
+    )
+    default_model: str | None = Field(
+        default=None, description="Family used when a request names none; None: the first."
+    )
+    default_variant: Literal["fp32", "int8"] = Field(
+        default="fp32", description="Variant used when a request names none."
+    )
+    runner_workers: int = Field(
+        default=1, ge=1, description="Replicas (processes) of each variant's runner service."
+    )
+    entry_workers: int = Field(
+        default=1, ge=1, description="Processes of the entry service (HTTP, decode, validate)."
+    )
+    top_k: int = Field(default=5, ge=1, description="Labels returned when a request names none.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="Cap on a request body, checked while reading."
+    )
+    max_images_per_request: int = Field(
+        default=64, ge=1, description="Cap on images in one batch request."
+    )
+    max_pixels: int = Field(
+        default=16_000_000, gt=0, description="Cap on declared width x height of one image."
+    )
+    max_side: int = Field(default=12_000, gt=0, description="Cap on either declared side.")
+    max_concurrent_requests: int = Field(
+        default=1024,
+        ge=1,
+        description="Requests inside one entry worker at once; beyond it: 429 at once.",
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline of one request; past it the answer is 504."
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with a 429.")
+    inline_decode_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="Bodies up to this size decode on the event loop; larger ones in a thread.",
+    )
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_bytes=self.max_body_bytes, max_pixels=self.max_pixels, max_side=self.max_side
+        )
