@@ -49,7 +49,12 @@ def synthetic_images(count: int, seed: int) -> np.ndarray:
     return np.stack(samples)
 
 
-def build(architecture: str, repository: Path, measure_duration_s: float = 1.0) -> ModelCard:
+def build(
+    architecture: str,
+    repository: Path,
+    measure_duration_s: float = 1.0,
+    measure_batch_sizes: tuple[int, ...] = (1, 8, 32),
+) -> ModelCard:
     family = PROFILES[architecture]
     with tempfile.TemporaryDirectory(prefix=f"{family}-") as scratch:
         fp32 = Path(scratch) / "model.onnx"
@@ -81,5 +86,6 @@ def build(architecture: str, repository: Path, measure_duration_s: float = 1.0) 
                 ),
                 reproduce=f".venv/bin/python -m offline profile {architecture}",
                 measure_duration_s=measure_duration_s,
+                measure_batch_sizes=measure_batch_sizes,
             )
         )
