@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: setup setup-train models profiles serve test lint bench-raw clean
+.PHONY: system-deps setup setup-train models profiles serve serve-triton test lint bench-raw observe dashboards clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -34,9 +34,34 @@ PORT ?= 3000
 serve: models
 	IMGSERVE_REPOSITORY=$(abspath $(REPO)) $(VENV)/bin/bentoml serve service:ImageClassifier --host 127.0.0.1 --port $(PORT)
 
+# Debian packages the tests run for real (Prometheus and promtool).
+system-deps:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus \
+	  && { service prometheus stop || pkill -x prometheus || true; }; } >/dev/null 2>&1 \
+	  || { echo "The tests need Prometheus: sudo apt-get install -y prometheus"; exit 1; }
+
+## serve-triton: set up, build the default model repository if missing, serve it through Triton
+## (KServe v2: HTTP 8000, gRPC 8001, nv_* metrics 8002, latency histograms 8003)
+TRITON_ARGS ?=
+serve-triton: models
+	$(PY) -m triton_server --repository $(abspath $(REPO)) $(TRITON_ARGS)
+
 ## test: set up (with torch, for the training test), then the whole suite
-test: setup-train
+test: setup-train system-deps
 	$(PY) -m pytest
+
+## observe: Prometheus on 127.0.0.1:9090 scraping the running stack (make serve / serve-triton)
+observe:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y prometheus; } \
+	  || { echo "Prometheus is needed: sudo apt-get install -y prometheus"; exit 1; }
+	@mkdir -p .prometheus
+	prometheus --config.file=prometheus/prometheus.yml --storage.tsdb.path=.prometheus \
+	  --web.listen-address=127.0.0.1:9090
+
+## dashboards: regenerate grafana/dashboards/*.json from observability/dashboards.py
+dashboards: setup
+	$(PY) -m observability.dashboards
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""Observability as code: the Grafana dashboards, generated with grafana-foundation-sdk."""

@@ -1,0 +1,109 @@
+"""The few places where this project reaches past PyTriton's public API, kept in one module.
+
+- `bind`: binds a model whose proxy (the `model.py` PyTriton ships into Triton's Python
+  backend) answers the reserved error output of `triton_server.errors` as a per-request
+  Triton error instead of an output tensor.
+- `set_trace_config`: passes `--trace-config` to tritonserver. `TritonConfig.trace_config`
+  would also do that, but PyTriton then insists on an OpenTelemetry exporter.
+- `python_library_env`: the Python backend stub links `libpython3.X.so`; on interpreters built
+  outside the system (pyenv) the loader finds the system's older libpython first and the stub
+  fails with `'_thread.RLock' object has no attribute '_recursion_count'`. The running
+  interpreter's LIBDIR goes first on LD_LIBRARY_PATH of the server process.
+
+Every patch checks the text or attribute it relies on and fails at start-up, naming it, if a
+PyTriton release changes it (the dependency range is pinned to 0.7.x for this reason).
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from unittest import mock
+
+import pytriton.triton
+from pytriton.model_config import ModelConfig, Tensor
+from pytriton.models.model import Model
+from pytriton.triton import Triton
+
+from triton_server.errors import ERROR_OUTPUT
+
+_ANCHOR = (
+    "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
+    "    if response.data is not None:\n"
+)
+_PATCHED = (
+    "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
+    f"    if response.data is not None and {ERROR_OUTPUT!r} in response.data:\n"
+    f"        code, message = (bytes(v).decode('utf-8', 'replace') for v in "
+    f"response.data[{ERROR_OUTPUT!r}].reshape(-1)[:2])\n"
+    "        codes = pb_utils.TritonError\n"
+    "        return pb_utils.InferenceResponse(\n"
+    "            output_tensors=[], error=codes(message, getattr(codes, code, codes.INTERNAL))\n"
+    "        )\n"
+    "    if response.data is not None:\n"
+)
+
+
+def patch_proxy_source(source: str) -> str:
+    """PyTriton's proxy model.py with per-request errors; fails loudly if PyTriton changed it."""
+    if source.count(_ANCHOR) != 1:
+        raise RuntimeError(
+            "nvidia-pytriton's proxy model.py no longer has the _wrap_response this project "
+            "patches for per-request errors; use the nvidia-pytriton version in pyproject.toml"
+        )
+    return source.replace(_ANCHOR, _PATCHED)
+
+
+class _PerRequestErrorModel(Model):
+    """A PyTriton model whose proxy answers the reserved error output as a Triton error."""
+
+    def get_proxy_model_files(self) -> dict[str, bytes]:
+        files: dict[str, bytes] = super().get_proxy_model_files()
+        key = f"file:{self.model_version}/model.py"
+        files[key] = patch_proxy_source(files[key].decode()).encode()
+        return files
+
+    def generate_model(self, model_repository: Any) -> None:
+        raise RuntimeError("per-request errors need PyTriton's default (remote) model store")
+
+
+def bind(
+    triton: Triton,
+    *,
+    model_name: str,
+    infer_func: Sequence[Callable[..., Any]],
+    inputs: Sequence[Tensor],
+    outputs: Sequence[Tensor],
+    config: ModelConfig,
+) -> None:
+    """`Triton.bind`, with the per-request error proxy (one callable per model instance)."""
+    if getattr(pytriton.triton, "Model", None) is not Model:
+        raise RuntimeError("pytriton.triton.Model is not PyTriton's Model; cannot bind")
+    with mock.patch.object(pytriton.triton, "Model", _PerRequestErrorModel):
+        triton.bind(
+            model_name=model_name,
+            infer_func=list(infer_func),
+            inputs=inputs,
+            outputs=outputs,
+            config=config,
+            strict=False,
+        )
+
+
+def set_trace_config(triton: Triton, settings: Sequence[str]) -> None:
+    """Add `--trace-config` settings to the tritonserver command line (before it starts)."""
+    server_config = getattr(triton, "_triton_server_config", None)
+    if server_config is None:
+        raise RuntimeError("pytriton.triton.Triton has no _triton_server_config; cannot trace")
+    server_config["trace_config"] = list(settings)
+
+
+def python_library_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """LD_LIBRARY_PATH with the running interpreter's libpython directory first."""
+    environ = os.environ if environ is None else environ
+    libdir = str(sysconfig.get_config_var("LIBDIR") or "")
+    current = [p for p in environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    paths = [libdir, *(p for p in current if p != libdir)] if libdir else current
+    return {"LD_LIBRARY_PATH": os.pathsep.join(paths)}

@@ -1,0 +1,201 @@
+"""The Triton front end: every selected repository entry on one real `tritonserver`.
+
+    with TritonFrontEnd(TritonSettings(triton_http_port=9000, ...)) as server:
+        server.wait()            # or send requests to server.http_url / server.grpc_url
+
+PyTriton starts the `tritonserver` binary it ships, with one Python-backend model per entry;
+the model's inference callables (one per instance of `instance_group`) run in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from types import TracebackType
+
+from pytriton.triton import Triton, TritonConfig
+
+from runners.errors import RepositoryError
+from runners.model import LoadedModel
+from runners.repository import ModelEntry, Repository
+from runners.settings import BackendSettings
+from triton_server import model as triton_model
+from triton_server import pytriton_compat
+from triton_server.latency import LatencyMetrics, MetricsEndpoint, ModelLabels, TraceReader
+from triton_server.settings import TritonSettings
+
+logger = logging.getLogger("triton_server")
+
+
+def select_entries(repository: Repository, families: tuple[str, ...]) -> list[ModelEntry]:
+    """The entries of the named families (every family when none is named)."""
+    grouped = repository.families()
+    unknown = [f for f in families if f not in grouped]
+    if unknown:
+        raise RepositoryError(
+            f"unknown model families {', '.join(unknown)} in {repository.root}; "
+            f"families: {', '.join(sorted(grouped))}"
+        )
+    chosen = families or tuple(sorted(grouped))
+    return [entry for family in chosen for entry in grouped[family].values()]
+
+
+class TritonFrontEnd:
+    """Loads the models, starts Triton on the configured ports, and stops it cleanly."""
+
+    def __init__(
+        self, settings: TritonSettings | None = None, backend: BackendSettings | None = None
+    ) -> None:
+        self.settings = settings or TritonSettings()
+        self.backend_settings = backend or BackendSettings()
+        self.entries = select_entries(Repository(self.settings.repository), self.settings.models)
+        self.models: dict[str, LoadedModel] = {}
+        self.metrics = LatencyMetrics()
+        self._triton: Triton | None = None
+        self._traces: TraceReader | None = None
+        self._endpoint: MetricsEndpoint | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._client_host}:{self.settings.triton_http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.settings.triton_grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.settings.triton_metrics_port}/metrics"
+
+    @property
+    def latency_metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.settings.latency_metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        host = self.settings.triton_host
+        return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+    def start(self) -> TritonFrontEnd:
+        """Load every model, start tritonserver, and return once every model is ready."""
+        settings = self.settings
+        for entry in self.entries:
+            self.models[entry.name] = LoadedModel.load(entry, settings=self.backend_settings)
+            logger.info(
+                "loaded %s (%s, %s) with %s",
+                entry.name,
+                entry.family,
+                entry.variant,
+                self.models[entry.name].backend.name,
+            )
+        # The server process (and the stub it starts) inherit this process's environment.
+        os.environ.update(pytriton_compat.python_library_env())
+        triton = Triton(
+            config=TritonConfig(
+                http_address=settings.triton_host,
+                http_port=settings.triton_http_port,
+                grpc_address=settings.triton_host,
+                grpc_port=settings.triton_grpc_port,
+                metrics_address=settings.triton_host,
+                metrics_port=settings.triton_metrics_port,
+                exit_timeout_secs=settings.shutdown_timeout_s,
+            )
+        )
+        self._triton = triton
+        try:
+            if settings.latency_metrics_port:
+                self._start_latency_metrics(triton)
+            for entry in self.entries:
+                self._bind(triton, entry)
+            triton.run()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info(
+            "Triton serving %s: HTTP %s, gRPC %s, metrics %s%s",
+            ", ".join(e.name for e in self.entries),
+            self.http_url,
+            self.grpc_url,
+            self.metrics_url,
+            f", latency histograms {self.latency_metrics_url}" if self._endpoint else "",
+        )
+        return self
+
+    def _start_latency_metrics(self, triton: Triton) -> None:
+        settings = self.settings
+        labels = {
+            name: ModelLabels(m.entry.family, m.entry.variant, m.backend.name)
+            for name, m in self.models.items()
+        }
+        self._traces = TraceReader(
+            Path(tempfile.mkdtemp(prefix="imgserve-traces-")), self.metrics, labels
+        )
+        self._traces.start()
+        pytriton_compat.set_trace_config(
+            triton,
+            [
+                "mode=triton",
+                "level=TIMESTAMPS",
+                f"rate={settings.latency_trace_rate}",
+                f"triton,file={self._traces.trace_file}",
+                f"triton,log-frequency={settings.latency_trace_flush_every}",
+            ],
+        )
+        self._endpoint = MetricsEndpoint(
+            self.metrics, settings.triton_host, settings.latency_metrics_port
+        )
+
+    def _bind(self, triton: Triton, entry: ModelEntry) -> None:
+        loaded = self.models[entry.name]
+        rows = self.metrics.batch_rows.labels(entry.family, entry.variant, loaded.backend.name)
+
+        def on_batch(count: int, _seconds: float) -> None:
+            rows.observe(count)
+
+        replicas = [
+            triton_model.Replica(loaded, self.settings.image_limits, on_batch)
+            for _ in range(entry.instances)
+        ]
+        pytriton_compat.bind(
+            triton,
+            model_name=entry.name,
+            infer_func=replicas,
+            inputs=triton_model.inputs(entry),
+            outputs=triton_model.outputs(entry),
+            config=triton_model.model_config(entry),
+        )
+
+    def wait(self) -> None:
+        """Block while the server is alive (Ctrl+C or SIGTERM ends it through `stop`)."""
+        triton = self._triton
+        if triton is None:
+            raise RuntimeError("the server is not started")
+        triton.serve()
+
+    def stop(self) -> None:
+        """Stop Triton (in-flight requests get shutdown_timeout_s), then the metrics."""
+        with self._lock:
+            triton, self._triton = self._triton, None
+            traces, self._traces = self._traces, None
+            endpoint, self._endpoint = self._endpoint, None
+        if triton is not None:
+            triton.stop()
+        if traces is not None:
+            traces.stop()
+        if endpoint is not None:
+            endpoint.stop()
+
+    def __enter__(self) -> TritonFrontEnd:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,64 @@
+"""Typed settings of the Triton front end.
+
+One environment prefix, `IMGSERVE_` (shared with the other settings classes), so
+`IMGSERVE_TRITON_HTTP_PORT=9000` moves the HTTP port. Precedence: explicit arguments >
+environment > `serving.toml` in the working directory > the defaults below. Batching (max batch
+size, preferred sizes, queue delay, queue bound) and the instance count are not here: each
+model's `config.pbtxt` is their single source of truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from runners.preprocessing import ImageLimits
+from runners.settings import REPO_ROOT, ProjectSettings
+
+
+class TritonSettings(ProjectSettings):
+    """What the Triton server serves, where it listens, and what it records."""
+
+    repository: Path = Field(
+        default=REPO_ROOT / "model_repository", description="Model repository root."
+    )
+    models: tuple[str, ...] = Field(
+        default=(), description="Model families to serve; empty serves every family."
+    )
+    triton_host: str = Field(
+        default="127.0.0.1", description="Address every port binds to; 0.0.0.0 for all."
+    )
+    triton_http_port: int = Field(default=8000, ge=1, le=65535, description="KServe v2 HTTP.")
+    triton_grpc_port: int = Field(default=8001, ge=1, le=65535, description="KServe v2 gRPC.")
+    triton_metrics_port: int = Field(
+        default=8002, ge=1, le=65535, description="Triton's own Prometheus metrics (nv_*)."
+    )
+    latency_metrics_port: int = Field(
+        default=8003,
+        ge=0,
+        le=65535,
+        description="The project's latency histograms (imgserve_triton_*); 0 turns them off.",
+    )
+    latency_trace_rate: int = Field(
+        default=1, ge=1, description="Trace one request in this many for the latency histograms."
+    )
+    latency_trace_flush_every: int = Field(
+        default=100, ge=1, description="Traces Triton buffers before writing them out."
+    )
+    shutdown_timeout_s: int = Field(
+        default=10, ge=0, description="On stop, wait this long for in-flight requests."
+    )
+    max_image_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="Cap on one encoded image."
+    )
+    max_pixels: int = Field(
+        default=16_000_000, gt=0, description="Cap on declared width x height of one image."
+    )
+    max_side: int = Field(default=12_000, gt=0, description="Cap on either declared side.")
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_bytes=self.max_image_bytes, max_pixels=self.max_pixels, max_side=self.max_side
+        )
