@@ -24,6 +24,10 @@ OUT = ROOT / "grafana" / "dashboards"
 DATASOURCE_UID = "imgserve-prometheus"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
 SEL = 'model=~"$model", variant=~"$variant", backend=~"$backend", instance=~"$instance"'
+# Triton's series carry no instance-independent backend for nv_*; its models are named
+# "<family>_<variant>".
+TRITON_SEL = 'model=~"$model", variant=~"$variant", backend=~"$backend"'
+TRITON_BY_NAME = '{model=~"($model)_($variant)"}'
 RATE = "$__rate_interval"
 
 
@@ -80,9 +84,11 @@ def _with_variables(board: dashboard.Dashboard) -> dashboard.Dashboard:
     return board
 
 
-def _quantile(q: float, metric: str, by: str = "") -> str:
+def _quantile(q: float, metric: str, by: str = "", selector: str = SEL) -> str:
     group = f"le, {by}" if by else "le"
-    return f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{SEL}}}[{RATE}])))"
+    return (
+        f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
+    )
 
 
 def _ratio(outcome: str, by: str) -> str:
@@ -188,6 +194,28 @@ def serving_overview() -> dashboard.Dashboard:
             [(f"sum by (instance) (rate(imgserve_requests_total{{{SEL}}}[{RATE}]))",
               "{{instance}}")],
             "Each scraped replica separately.",
+        ))
+        .with_row(dashboard.Row("Triton (HTTP and gRPC)"))
+        .with_panel(_timeseries(
+            "Triton: successful inferences per model", "reqps",
+            [(f"sum by (model) (rate(nv_inference_request_success{TRITON_BY_NAME}[{RATE}]))",
+              "{{model}}")],
+            "Triton's own counter (nv_inference_request_success) per served model.",
+        ))
+        .with_panel(_timeseries(
+            "Triton: latency p50 / p99 and queue wait p99", "ms",
+            [(_quantile(q, "imgserve_triton_request_duration_ms", "variant, protocol", TRITON_SEL),
+              f"p{int(q * 100)} {{{{variant}}}} {{{{protocol}}}}") for q in (0.5, 0.99)]
+            + [(_quantile(0.99, "imgserve_triton_queue_wait_ms", "variant", TRITON_SEL),
+                "queue wait p99 {{variant}}")],
+            "Receipt to response and dynamic-batcher queue wait, from Triton's traces.",
+        ))
+        .with_panel(_timeseries(
+            "Triton: mean batch size", "short",
+            [(f"sum by (model) (rate(nv_inference_count{TRITON_BY_NAME}[{RATE}])) / "
+              f"sum by (model) (rate(nv_inference_exec_count{TRITON_BY_NAME}[{RATE}]))",
+              "{{model}}")],
+            "Inferences per model execution: the dynamic batcher's batch size.",
         ))
         .with_panel(_timeseries(
             "Predictions by class", "reqps",

@@ -95,9 +95,10 @@ def create_app(settings: ServingSettings) -> FastAPI:
             with gw.admit():
                 served = gw.catalog.resolve(model, variant)
                 labels = served.labels
-                limit = settings.max_images_per_request if many else 1
-                images = await read_images(request, settings.max_body_bytes, limit)
-                results = await gw.classify(served, images, top_k or settings.top_k)
+                with gw.metrics.in_flight.labels(**labels).track_inprogress():
+                    limit = settings.max_images_per_request if many else 1
+                    images = await read_images(request, settings.max_body_bytes, limit)
+                    results = await gw.classify(served, images, top_k or settings.top_k)
         except ServingError as exc:
             gw.metrics.outcome(labels, endpoint, exc)
             return error_response(exc, settings.retry_after_s)

@@ -21,7 +21,7 @@ from runners.errors import NotReady, Overloaded, ServingError
 from runners.preprocessing import decode_and_preprocess
 from serving.catalog import Catalog, Served
 from serving.coalescer import Coalescer
-from serving.metrics import metrics
+from serving.metrics import INITIAL_OUTCOMES, metrics
 from serving.settings import ServingSettings
 
 logger = logging.getLogger("serving")
@@ -82,9 +82,11 @@ class Gateway:
             )
             # Zero-valued series from the start, so rate() works on the first request.
             for endpoint in ("classify", "classify_batch"):
-                self.metrics.requests.labels(
-                    **served.labels, endpoint=endpoint, outcome="ok", reason="none"
-                )
+                for outcome, reason in INITIAL_OUTCOMES:
+                    self.metrics.requests.labels(
+                        **served.labels, endpoint=endpoint, outcome=outcome, reason=reason
+                    )
+            self.metrics.in_flight.labels(**served.labels).set(0)
 
     @staticmethod
     def _guarded(served: Served, infer: Infer) -> Infer:

@@ -39,11 +39,23 @@ class Metrics:
     batch_size: Any
     requests: Any
     predictions: Any
+    in_flight: Any
 
     def outcome(self, labels: dict[str, str], endpoint: str, error: ServingError | None) -> None:
         """Count one finished request (or one failed image of a batch request)."""
         outcome, reason = ("ok", "none") if error is None else _outcome(error)
         self.requests.labels(**labels, endpoint=endpoint, outcome=outcome, reason=reason).inc()
+
+
+# One series per outcome exists from the start (at zero), so ratios and rate() answer
+# before the first error, shed or timeout ever happens.
+INITIAL_OUTCOMES = (
+    ("ok", "none"),
+    ("bad_input", "bad_input"),
+    ("shed", "shed"),
+    ("timeout", "timeout"),
+    ("error", "internal"),
+)
 
 
 def _outcome(error: ServingError) -> tuple[str, str]:
@@ -61,7 +73,7 @@ def _outcome(error: ServingError) -> tuple[str, str]:
 @functools.cache
 def metrics() -> Metrics:
     """The process's metrics, created once (the registry refuses duplicates)."""
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     def histogram(
         name: str, doc: str, buckets: tuple[float, ...], extra: tuple[str, ...] = ()
@@ -104,6 +116,13 @@ def metrics() -> Metrics:
             "imgserve_predictions",
             "Top-1 predictions by class: the input to drift monitoring.",
             (*VARIANT_LABELS, "label"),
+        ),
+        # Summed over live worker processes: the autoscaling signal per replica.
+        in_flight=Gauge(
+            "imgserve_in_flight_requests",
+            "Classify requests inside the entry service now, per served variant.",
+            VARIANT_LABELS,
+            multiprocess_mode="livesum",
         ),
     )
 
