@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps setup setup-train models profiles serve serve-triton test lint bench-raw observe dashboards clean
+.PHONY: system-deps setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve observe dashboards clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -71,6 +71,11 @@ lint: setup
 ## bench-raw: in-process throughput and latency per model x variant x backend x batch
 bench-raw: profiles
 	$(PY) -m bench.raw --repository $(REPO)
+
+## bench-serve: BentoML service vs BentoML's floor vs plain FastAPI+ORT vs Triton, same Locust load
+BENCH_ARGS ?=
+bench-serve: profiles
+	$(PY) -m bench.serve --repository $(REPO) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache

@@ -4,10 +4,14 @@
         --host http://127.0.0.1:3000 --csv results/load DigitUser
 
 `DigitUser` posts one held-out digit as a raw PNG to /v1/classify and checks that the answer
-is a 200 carrying a label (and counts whether it is the digit's true label);
+is a 200 carrying a label (and counts whether it is the digit's true label); `UploadUser`
+posts it as a multipart `image` upload (the one input form that the service, BentoML's
+trivial endpoint and the plain baseline all take);
 `DigitBatchUser` posts `--images-per-request` digits as multipart `images` to
 /v1/classify/batch; `PhotoUser` posts 256x256 RGB JPEGs to a load-profile model
-(`--model resnet50 --variant int8`). Users are `FastHttpUser`: the generator shares the two
+(`--model resnet50 --variant int8`). `TritonHttpUser` and `TritonGrpcUser` send one digit
+as the BYTES input `image` of `<model>_<variant>` (KServe v2; `--host` is the HTTP URL,
+`--grpc` the gRPC address). Users are `FastHttpUser`: the generator shares the two
 cores with the server and must stay cheap. With `--checks-out PATH` the run also writes its
 answer checks (statuses, right and wrong labels, images answered) to PATH as JSON.
 """
@@ -18,15 +22,23 @@ import collections
 import io
 import json
 import random
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import grpc.experimental.gevent
 import numpy as np
-from locust import FastHttpUser, constant, events, task
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from locust import FastHttpUser, User, constant, events, task
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from offline.data import load_heldout
 from offline.digits import encode_png
+
+# grpcio blocks the whole gevent loop unless told to cooperate: one gRPC user at a time.
+grpc.experimental.gevent.init_gevent()
 
 PNG = {"Content-Type": "image/png"}
 JPEG = {"Content-Type": "image/jpeg"}
@@ -43,6 +55,13 @@ class Checks:
         self.right = 0
         self.wrong = 0
         self.images = 0
+
+    def count(self, answered: str, label: str) -> None:
+        self.images += 1
+        if answered == label:
+            self.right += 1
+        else:
+            self.wrong += 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +81,7 @@ def _options(parser: Any) -> None:
     parser.add_argument("--variant", default="", help="variant to ask for (default: server's)")
     parser.add_argument("--images-per-request", type=int, default=16, help="DigitBatchUser")
     parser.add_argument("--checks-out", default="", help="write the answer checks here (JSON)")
+    parser.add_argument("--grpc", default="127.0.0.1:8001", help="Triton gRPC address")
 
 
 @events.reset_stats.add_listener
@@ -127,37 +147,62 @@ class _ClassifyUser(FastHttpUser):
             return None
 
 
-class DigitUser(_ClassifyUser):
-    """One held-out digit per request, as a raw PNG body."""
-
+class _OneDigitUser(_ClassifyUser):
+    abstract = True
     digits = _digits()
+
+    def classify_one(self, body: bytes, headers: dict[str, str], label: str) -> None:
+        url = "/v1/classify" + self.params()
+        with self.client.post(
+            url, data=_body(body), headers=headers, catch_response=True, name="classify"
+        ) as response:
+            answer = self.check(response)
+            if answer is None:
+                return
+            try:
+                answered = answer["predictions"][0]["label"]
+            except (KeyError, IndexError, TypeError):
+                response.failure("no label in the answer")
+                return
+            CHECKS.count(answered, label)
+
+
+class DigitUser(_OneDigitUser):
+    """One held-out digit per request, as a raw PNG body."""
 
     @task
     def classify(self) -> None:
         png, label = random.choice(self.digits)
-        url = "/v1/classify" + self.params()
-        with self.client.post(
-            url, data=_body(png), headers=PNG, catch_response=True, name="classify"
-        ) as response:
-            body = self.check(response)
-            if body is None:
-                return
-            try:
-                answered = body["predictions"][0]["label"]
-            except (KeyError, IndexError, TypeError):
-                response.failure("no label in the answer")
-                return
-            CHECKS.images += 1
-            if answered == label:
-                CHECKS.right += 1
-            else:
-                CHECKS.wrong += 1
+        self.classify_one(png, PNG, label)
+
+
+BOUNDARY = "imgserve-load-test"
+UPLOAD = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def _upload(png: bytes) -> bytes:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="digit.png"'
+        "\r\nContent-Type: image/png\r\n\r\n"
+    )
+    return head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+class UploadUser(_OneDigitUser):
+    """One held-out digit per request, as a multipart `image` upload."""
+
+    uploads: ClassVar = [(_upload(png), label) for png, label in _OneDigitUser.digits]
+
+    @task
+    def classify(self) -> None:
+        body, label = random.choice(self.uploads)
+        self.classify_one(body, UPLOAD, label)
 
 
 class DigitBatchUser(_ClassifyUser):
     """`--images-per-request` held-out digits per request, as multipart `images` parts."""
 
-    digits = DigitUser.digits
+    digits = _OneDigitUser.digits
 
     def on_start(self) -> None:
         count = self.environment.parsed_options.images_per_request
@@ -191,11 +236,7 @@ class DigitBatchUser(_ClassifyUser):
                 response.failure("a slot was not answered with a label")
                 return
             for result, label in zip(results, labels, strict=True):
-                CHECKS.images += 1
-                if result["predictions"][0]["label"] == label:
-                    CHECKS.right += 1
-                else:
-                    CHECKS.wrong += 1
+                CHECKS.count(result["predictions"][0]["label"], label)
 
 
 class PhotoUser(_ClassifyUser):
@@ -220,3 +261,93 @@ class PhotoUser(_ClassifyUser):
                 response.failure("no label in the answer")
                 return
             CHECKS.images += 1
+
+
+def _triton_model(options: Any) -> str:
+    return f"{options.model or 'digits'}_{options.variant or 'fp32'}"
+
+
+class TritonHttpUser(FastHttpUser):
+    """One held-out digit per request to Triton over HTTP (KServe v2, binary tensor data)."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.url = f"/v2/models/{_triton_model(self.environment.parsed_options)}/infer"
+        self.bodies = []
+        for png, label in _OneDigitUser.digits:
+            image = httpclient.InferInput("image", [1, 1], "BYTES")
+            image.set_data_from_numpy(np.array([[png]], dtype=np.object_))
+            output = httpclient.InferRequestedOutput("label", binary_data=False)
+            body, json_size = httpclient.InferenceServerClient.generate_request_body(
+                [image], outputs=[output]
+            )
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(json_size),
+            }
+            self.bodies.append((body, headers, label))
+
+    @task
+    def infer(self) -> None:
+        body, headers, label = random.choice(self.bodies)
+        with self.client.post(
+            self.url, data=_body(body), headers=headers, catch_response=True, name="triton_http"
+        ) as response:
+            CHECKS.statuses[str(response.status_code)] += 1
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}")
+                return
+            try:
+                outputs = json.loads(response.content)["outputs"]
+                answered = next(o for o in outputs if o["name"] == "label")["data"][0]
+            except (KeyError, StopIteration, TypeError, ValueError):
+                response.failure("no label in the answer")
+                return
+            CHECKS.count(answered, label)
+
+
+class TritonGrpcUser(User):
+    """One held-out digit per request to Triton over gRPC, reported to Locust's request event."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.model = _triton_model(options)
+        self.client = grpcclient.InferenceServerClient(options.grpc)
+        self.inputs = []
+        for png, label in _OneDigitUser.digits:
+            image = grpcclient.InferInput("image", [1, 1], "BYTES")
+            image.set_data_from_numpy(np.array([[png]], dtype=np.object_))
+            self.inputs.append((image, label))
+        self.outputs = [grpcclient.InferRequestedOutput("label")]
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @task
+    def infer(self) -> None:
+        image, label = random.choice(self.inputs)
+        start = time.perf_counter()
+        error: Exception | None = None
+        try:
+            answer = self.client.infer(self.model, [image], outputs=self.outputs)
+            labels = answer.as_numpy("label")
+            CHECKS.statuses["OK"] += 1
+            if labels is None:
+                raise ValueError("no label in the answer")
+            CHECKS.count(labels.reshape(-1)[0].decode(), label)
+        except InferenceServerException as exc:
+            CHECKS.statuses[str(exc.status() or "error")] += 1
+            error = exc
+        except ValueError as exc:
+            error = exc
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name="triton_grpc",
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )

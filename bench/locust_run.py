@@ -1,0 +1,104 @@
+"""Run one headless Locust load against one server and read back what it measured.
+
+Locust runs as its own process (as a user would run it) with the project's locustfile;
+its CSV statistics and the locustfile's answer checks (`--checks-out`) are parsed into a
+`LoadResult`. The generator's own CPU time is measured too: on a 2-core machine it shares
+the cores with the server, and a report has to say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import resource
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from runners.settings import REPO_ROOT
+
+LOCUSTFILE = REPO_ROOT / "load_tests" / "locustfile.py"
+SHED = ("429", "503", "UNAVAILABLE")
+
+
+class LoadResult(BaseModel):
+    user: str
+    users: int
+    duration_s: float
+    requests: int
+    failures: int
+    shed: int
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    statuses: dict[str, int]
+    right_labels: int
+    wrong_labels: int
+    images_answered: int
+    generator_cpu_s: float
+
+    @property
+    def errors(self) -> int:
+        """Failures that were not load shedding (429/503): wrong answers, 4xx/5xx, resets."""
+        return self.failures - self.shed
+
+
+def run_locust(  # noqa: PLR0917 (the load's shape reads best in order)
+    host: str,
+    user: str,
+    users: int,
+    duration_s: float,
+    out_prefix: Path,
+    options: Sequence[str] = (),
+) -> LoadResult:
+    """`locust --headless` with `users` users spawned at once for `duration_s` seconds."""
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    checks = out_prefix.with_name(out_prefix.name + "_checks.json")
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--host", host, "-u", str(users), "-r", str(users), "-t", f"{max(1, round(duration_s))}s",
+        "--csv", str(out_prefix), "--checks-out", str(checks), "--only-summary",
+        "--loglevel", "WARNING", "--exit-code-on-error", "0", *options, user,
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0 or not checks.is_file():
+        raise RuntimeError(f"locust failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    row = _aggregated(out_prefix.with_name(out_prefix.name + "_stats.csv"))
+    found: dict[str, Any] = json.loads(checks.read_text())
+    statuses: dict[str, int] = found["statuses"]
+    return LoadResult(
+        user=user,
+        users=users,
+        duration_s=duration_s,
+        requests=int(row["Request Count"]),
+        failures=int(row["Failure Count"]),
+        shed=sum(count for status, count in statuses.items() if status in SHED),
+        requests_per_s=float(row["Requests/s"]),
+        p50_ms=_ms(row["50%"]),
+        p95_ms=_ms(row["95%"]),
+        p99_ms=_ms(row["99%"]),
+        statuses=statuses,
+        right_labels=found["right_labels"],
+        wrong_labels=found["wrong_labels"],
+        images_answered=found["images_answered"],
+        generator_cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+    )
+
+
+def _aggregated(path: Path) -> dict[str, str]:
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["Name"] == "Aggregated":
+                return row
+    raise RuntimeError(f"{path} has no Aggregated row")
+
+
+def _ms(value: str) -> float:
+    return float(value) if value not in {"", "N/A"} else float("nan")

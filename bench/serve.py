@@ -1,0 +1,305 @@
+"""Served throughput, side by side: the BentoML service against its floor and a plain baseline.
+
+Run: `make bench-serve` (or `.venv/bin/python -m bench.serve --help`). In one run, on free
+loopback ports, it starts:
+
+- the BentoML service (`service:ImageClassifier`, as `make serve` runs it);
+- BentoML's floor: a trivial endpoint with no model (`bench.trivial_service`);
+- the plain baseline: FastAPI + ONNX Runtime, one request one inference (`bench.baseline`);
+- Triton (`python -m triton_server`), over HTTP and gRPC (KServe v2).
+
+Every contender gets the same Locust load (`--users` users, held-out digits as PNG) in
+alternating rounds, and each figure is the median round, so a burst of other load on this
+shared machine cannot favour one of them. Locust runs on the same cores as the servers; its
+CPU time is reported. The ratios the serving issues target are printed with their targets,
+whether met or not, and everything is written to JSON. With the ResNet-50 load profile in
+the repository (`make profiles`), served INT8 and FP32 images/s are compared with the raw
+in-process figure of the same variant and backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from bench import servers
+from bench.locust_run import LoadResult, run_locust
+from bench.timing import time_backend
+from runners.backends import create_backend
+from runners.repository import Repository
+from runners.settings import REPO_ROOT, BackendSettings
+
+log = logging.getLogger(__name__)
+
+PROFILE = "resnet50"
+BATCH_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    server: str
+    user: str
+    options: tuple[str, ...] = ()
+    images_per_request: int = 1
+
+
+class Cell(BaseModel):
+    name: str
+    user: str
+    images_per_request: int
+    rounds: list[LoadResult]
+    requests_per_s: float
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    shed: int
+    wrong_labels: int
+
+
+class Target(BaseModel):
+    what: str
+    value: float
+    target: str
+    met: bool
+
+
+class Report(BaseModel):
+    machine: str
+    users: int
+    round_s: float
+    rounds: int
+    cells: list[Cell]
+    raw_images_per_s: dict[str, float]
+    cold_start_s: dict[str, float]
+    rss_mb: dict[str, dict[str, float]]
+    server_cpu_s: dict[str, float]
+    generator_cpu_share: float
+    targets: list[Target]
+
+
+def contenders(profiles: bool, triton_grpc: str) -> list[Contender]:
+    found = [
+        Contender("service", "service", "UploadUser"),
+        Contender("service (raw body)", "service", "DigitUser"),
+        Contender("bentoml trivial", "trivial", "UploadUser"),
+        Contender("plain baseline", "baseline", "UploadUser"),
+        Contender("triton http", "triton", "TritonHttpUser"),
+        Contender("triton grpc", "triton", "TritonGrpcUser", ("--grpc", triton_grpc)),
+        Contender(
+            "service batch",
+            "service",
+            "DigitBatchUser",
+            ("--images-per-request", str(BATCH_IMAGES)),
+            BATCH_IMAGES,
+        ),
+    ]
+    if profiles:
+        found += [
+            Contender(
+                f"{PROFILE} {v}", "service", "PhotoUser", ("--model", PROFILE, "--variant", v)
+            )
+            for v in ("fp32", "int8")
+        ]
+    return found
+
+
+def cell(contender: Contender, rounds: list[LoadResult]) -> Cell:
+    rps = statistics.median(r.requests_per_s for r in rounds)
+    return Cell(
+        name=contender.name,
+        user=contender.user,
+        images_per_request=contender.images_per_request,
+        rounds=rounds,
+        requests_per_s=rps,
+        images_per_s=rps * contender.images_per_request,
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        shed=sum(r.shed for r in rounds),
+        wrong_labels=sum(r.wrong_labels for r in rounds),
+    )
+
+
+def raw_figures(repository: Path, batch_size: int) -> dict[str, float]:
+    """In-process images/s of the profile's variants, on the backend the service picks."""
+    settings = BackendSettings()
+    out = {}
+    for variant, entry in sorted(Repository(repository).families()[PROFILE].items()):
+        backend = create_backend(
+            settings.backend or entry.preferred_backend, entry.onnx_path, settings
+        )
+        backend.load()
+        timing = time_backend(backend, batch_size, duration_s=4.0)
+        out[f"{PROFILE} {variant}"] = timing.images_per_s
+    return out
+
+
+def targets(report: Report) -> list[Target]:
+    cells = {c.name: c for c in report.cells}
+    found: list[Target] = []
+
+    def ratio(what: str, top: str, bottom: str, target: float) -> None:
+        if top in cells and bottom in cells:
+            value = cells[top].images_per_s / cells[bottom].images_per_s
+            found.append(Target(what=what, value=value, target=f">= {target}", met=value >= target))
+
+    service = cells["service"]
+    ratio("service / bentoml trivial (req/s)", "service", "bentoml trivial", 0.90)
+    ratio("service / plain baseline (req/s)", "service", "plain baseline", 1.0)
+    found.append(Target(what="service p99 ms", value=service.p99_ms, target="<= 50",
+                        met=service.p99_ms <= 50))  # fmt: skip
+    found.append(Target(what="service errors", value=service.errors, target="== 0",
+                        met=service.errors == 0))  # fmt: skip
+    ratio("batch endpoint / single (images/s)", "service batch", "service", 8.0)
+    fronts = ("service", "service (raw body)", "triton http", "triton grpc")
+    best = max((cells[c] for c in fronts if c in cells), key=lambda c: c.requests_per_s)
+    ratio(f"best front end ({best.name}) / plain baseline", best.name, "plain baseline", 2.0)
+    for name, raw in report.raw_images_per_s.items():
+        if name in cells:
+            value = cells[name].images_per_s / raw
+            found.append(Target(what=f"{name} served / raw in-process", value=value,
+                                target=">= 0.9", met=value >= 0.9))  # fmt: skip
+    ratio(f"{PROFILE} int8 / fp32 served", f"{PROFILE} int8", f"{PROFILE} fp32", 1.8)
+    cold = report.cold_start_s["service"]
+    found.append(Target(what="service cold start to ready (s)", value=cold, target="<= 10",
+                        met=cold <= 10))  # fmt: skip
+    return found
+
+
+def run(args: argparse.Namespace, work: Path) -> Report:
+    from offline.card import describe_machine
+
+    repository: Path = args.repository
+    profiles = not args.quick and PROFILE in Repository(repository).families()
+    families = ["digits", PROFILE] if profiles else ["digits"]
+    env = {"IMGSERVE_REPOSITORY": str(repository), "IMGSERVE_MODELS": json.dumps(families)}
+    started: dict[str, servers.Server] = {}
+    launchers: dict[str, Callable[[], servers.Server]] = {
+        "service": lambda: servers.bentoml("service:ImageClassifier", work / "service.log", env),
+        "trivial": lambda: servers.bentoml(
+            "bench.trivial_service:Trivial", work / "trivial.log", name="trivial"
+        ),
+        "baseline": lambda: servers.baseline(repository / "digits_fp32", work / "baseline.log"),
+        "triton": lambda: servers.triton(repository, ["digits"], work / "triton.log"),
+    }
+    try:
+        for name, launch in launchers.items():
+            started[name] = launch()
+            log.info("%-9s ready in %5.1f s at %s", name, started[name].ready_after_s,
+                     started[name].url)  # fmt: skip
+        return measure(args, work, started, profiles, describe_machine())
+    finally:
+        for server in started.values():
+            servers.stop(server)
+
+
+def measure(
+    args: argparse.Namespace,
+    work: Path,
+    started: dict[str, servers.Server],
+    profiles: bool,
+    machine: str,
+) -> Report:
+    chosen = contenders(profiles, started["triton"].extra["grpc"])
+    idle_rss = {name: s.rss_mb() for name, s in started.items()}
+    for contender in chosen:  # warm-up: connection pools, lazy imports, first batches
+        run_locust(started[contender.server].url, contender.user, args.users, 2.0,
+                   work / "warmup" / contender.user, contender.options)  # fmt: skip
+    results: dict[str, list[LoadResult]] = {c.name: [] for c in chosen}
+    cpu_before = {name: s.cpu_seconds() for name, s in started.items()}
+    generator_cpu = 0.0
+    for number in range(args.rounds):
+        for contender in chosen:
+            result = run_locust(
+                started[contender.server].url, contender.user, args.users, args.round_s,
+                work / f"round{number}" / contender.name.replace(" ", "_"), contender.options,
+            )  # fmt: skip
+            generator_cpu += result.generator_cpu_s
+            results[contender.name].append(result)
+            log.info(
+                "round %d  %-22s %8.1f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d  shed %d",
+                number + 1, contender.name, result.requests_per_s, result.p50_ms,
+                result.p99_ms, result.errors, result.shed,
+            )  # fmt: skip
+    server_cpu = {name: s.cpu_seconds() - cpu_before[name] for name, s in started.items()}
+    loaded_rss = {name: s.rss_mb() for name, s in started.items()}
+    raw = raw_figures(args.repository, 32) if profiles else {}
+    busy = args.rounds * args.round_s * len(chosen)
+    report = Report(
+        machine=machine,
+        users=args.users,
+        round_s=args.round_s,
+        rounds=args.rounds,
+        cells=[cell(c, results[c.name]) for c in chosen],
+        raw_images_per_s=raw,
+        cold_start_s={name: s.ready_after_s for name, s in started.items()},
+        rss_mb={
+            f"{name} {when}": rss
+            for name in started
+            for when, rss in (("idle", idle_rss[name]), ("after load", loaded_rss[name]))
+        },
+        server_cpu_s=server_cpu,
+        generator_cpu_share=generator_cpu / busy,
+        targets=[],
+    )
+    report.targets = targets(report)
+    return report
+
+
+def show(report: Report) -> None:
+    log.info("\n%s; %d users, %d rounds of %.0f s, median round:", report.machine,
+             report.users, report.rounds, report.round_s)  # fmt: skip
+    log.info("  %-22s %10s %10s %8s %8s %7s %5s", "front end", "req/s", "images/s", "p50 ms",
+             "p99 ms", "errors", "shed")  # fmt: skip
+    for c in report.cells:
+        log.info("  %-22s %10.1f %10.1f %8.1f %8.1f %7d %5d", c.name, c.requests_per_s,
+                 c.images_per_s, c.p50_ms, c.p99_ms, c.errors, c.shed)  # fmt: skip
+    log.info("  Locust used %.0f%% of one core while it ran (same machine).",
+             100 * report.generator_cpu_share)  # fmt: skip
+    for name, seconds in report.cold_start_s.items():
+        log.info("  cold start to ready: %-9s %5.1f s", name, seconds)
+    for name, rss in report.rss_mb.items():
+        parts = ", ".join(f"{proc.split(':', 1)[1]} {mb:.0f}" for proc, mb in rss.items())
+        log.info("  resident MB, %-20s total %6.0f  (%s)", name, sum(rss.values()), parts)
+    for name, raw in report.raw_images_per_s.items():
+        log.info("  raw in-process %-14s %8.1f images/s (batch 32)", name, raw)
+    log.info("\nTargets:")
+    for t in report.targets:
+        log.info("  %-45s %9.2f  target %-6s %s", t.what, t.value, t.target,
+                 "met" if t.met else "NOT MET")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
+    parser.add_argument("--users", type=int, default=32, help="concurrent Locust users")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--round-s", type=float, default=10.0, help="seconds per round")
+    parser.add_argument("--quick", action="store_true", help="default model only")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench-serve.json")
+    args = parser.parse_args(argv)
+    args.repository = args.repository.resolve()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as work:
+        report = run(args, Path(work))
+    show(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report.model_dump_json(indent=2) + "\n")
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""Servers the benchmarks and load tests start: real processes on free loopback ports.
+
+Each server runs in its own session (process group) so that stopping it stops every worker
+it forked, and its readiness is polled on the endpoint the server itself declares ready on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from runners.settings import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerFailed(RuntimeError):
+    """A server exited or never became ready; the message carries its log."""
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    ready_after_s: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of each process of the server, by pid and command name."""
+        out = {}
+        for proc in self.processes():
+            try:
+                out[f"{proc.pid}:{proc.name()}"] = proc.memory_info().rss / 2**20
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the whole process tree so far."""
+        total = 0.0
+        for proc in self.processes():
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+
+def start(  # noqa: PLR0917 (a launcher's arguments read best in order)
+    name: str,
+    command: Sequence[str],
+    ready_url: str | Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
+    timeout_s: float = 120.0,
+    url: str | None = None,
+) -> Server:
+    """Start `command` in a new session; return once `ready_url` (every one) answers 200."""
+    started = time.monotonic()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env={**os.environ, **QUIET_ENV, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ready_urls = [ready_url] if isinstance(ready_url, str) else list(ready_url)
+    server = Server(name, url or "/".join(ready_urls[0].split("/")[:3]), process, log)
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() - started < timeout_s:
+            if process.poll() is not None:
+                raise ServerFailed(f"{name} exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if all(client.get(u).status_code == 200 for u in ready_urls):
+                    server.ready_after_s = time.monotonic() - started
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    stop(server)
+    raise ServerFailed(f"{name} not ready after {timeout_s} s:\n{log.read_text()}")
+
+
+def stop(server: Server, grace_s: float = 20.0) -> None:
+    """SIGTERM the server's whole process group, then SIGKILL whatever outlives the grace."""
+    pgid = server.process.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.process.wait(timeout=grace_s)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # forked workers share the group and exit after it
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    server.process.wait(timeout=10)
+
+
+def bentoml(
+    target: str, log: Path, env: Mapping[str, str] | None = None, name: str = "bentoml"
+) -> Server:
+    """`bentoml serve TARGET` on a free port, ready when /readyz answers 200."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    return start(name, command, f"{url}/readyz", log, env, url=url)
+
+
+def baseline(model_path: Path, log: Path, name: str = "baseline") -> Server:
+    """The plain FastAPI + ONNX Runtime baseline (`bench.baseline`) under uvicorn."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.baseline:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    env = {"BASELINE_MODEL": str(model_path)}
+    return start(name, command, f"{url}/healthz", log, env, url=url)
+
+
+def triton(repository: Path, families: Sequence[str], log: Path, name: str = "triton") -> Server:
+    """`python -m triton_server` on free ports; ready when both variants of every family are."""
+    ports = {key: free_port() for key in ("http", "grpc", "metrics", "latency")}
+    command = [
+        sys.executable,
+        "-m",
+        "triton_server",
+        "--repository",
+        str(repository),
+        "--models",
+        *families,
+        "--http-port",
+        str(ports["http"]),
+        "--grpc-port",
+        str(ports["grpc"]),
+        "--metrics-port",
+        str(ports["metrics"]),
+        "--latency-metrics-port",
+        str(ports["latency"]),
+    ]
+    url = f"http://127.0.0.1:{ports['http']}"
+    ready = [f"{url}/v2/models/{f}_{v}/ready" for f in families for v in ("fp32", "int8")]
+    server = start(name, command, ready, log, url=url)
+    server.extra = {
+        "grpc": f"127.0.0.1:{ports['grpc']}",
+        "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
+        "latency_metrics": f"http://127.0.0.1:{ports['latency']}/metrics",
+    }
+    return server
