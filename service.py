@@ -24,7 +24,9 @@ settings = ServingSettings()
 backend_settings = BackendSettings()
 catalog = Catalog(settings, backend_settings)
 RUNNERS = {
-    served.key: runner_service(served, settings.runner_workers, backend_settings)
+    served.key: runner_service(
+        served, settings.runner_workers, backend_settings, settings.trace_requests
+    )
     for served in catalog
 }
 app = create_app(settings)
@@ -76,5 +78,5 @@ ImageClassifier = bentoml.service(  # type: ignore[misc]
     name="image_classifier",
     workers=settings.entry_workers,
     traffic={"timeout": settings.request_timeout_s + 5},
-    **quiet(),
+    **quiet(settings.trace_requests),
 )(bentoml.asgi_app(app, path="/")(ImageClassifier))

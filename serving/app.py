@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from runners.errors import BadInput, NotFound, ServingError
 from serving.bodies import read_images
+from serving.fastpath import FastPath
 from serving.gateway import Gateway, prediction_dicts
 from serving.metrics import UNKNOWN, render_latest
 from serving.openapi import BATCH_EXAMPLE, CLASSIFY_EXAMPLE, batch_body, classify_body, responses
@@ -205,4 +206,5 @@ def create_app(settings: ServingSettings) -> FastAPI:
     async def serving_error(_: Request, exc: ServingError) -> Response:
         return error_response(exc, settings.retry_after_s)
 
+    app.add_middleware(FastPath, answer=answer)
     return app

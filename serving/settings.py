@@ -58,6 +58,10 @@ class ServingSettings(ProjectSettings):
         default=10.0, gt=0, description="Deadline of one request; past it the answer is 504."
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with a 429.")
+    trace_requests: bool = Field(
+        default=False,
+        description="BentoML's OpenTelemetry span per request (costs CPU; set an exporter too).",
+    )
     inline_decode_bytes: int = Field(
         default=64 * 1024,
         ge=0,
