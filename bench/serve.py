@@ -171,7 +171,7 @@ def targets(report: Report) -> list[Target]:
             found.append(Target(what=f"{name} served / raw in-process", value=value,
                                 target=">= 0.9", met=value >= 0.9))  # fmt: skip
     ratio(f"{PROFILE} int8 / fp32 served", f"{PROFILE} int8", f"{PROFILE} fp32", 1.8)
-    cold = report.cold_start_s["service"]
+    cold = report.cold_start_s.get("service (default model only)", report.cold_start_s["service"])
     found.append(Target(what="service cold start to ready (s)", value=cold, target="<= 10",
                         met=cold <= 10))  # fmt: skip
     return found
@@ -193,15 +193,24 @@ def run(args: argparse.Namespace, work: Path) -> Report:
         "baseline": lambda: servers.baseline(repository / "digits_fp32", work / "baseline.log"),
         "triton": lambda: servers.triton(repository, ["digits"], work / "triton.log"),
     }
+    if profiles:  # the cold-start target is the default model's: time that one alone too
+        alone = servers.bentoml("service:ImageClassifier", work / "alone.log",
+                                {"IMGSERVE_REPOSITORY": str(repository)})  # fmt: skip
+        servers.stop(alone)
+        cold_default = alone.ready_after_s
     try:
         for name, launch in launchers.items():
             started[name] = launch()
             log.info("%-9s ready in %5.1f s at %s", name, started[name].ready_after_s,
                      started[name].url)  # fmt: skip
-        return measure(args, work, started, profiles, describe_machine())
+        report = measure(args, work, started, profiles, describe_machine())
     finally:
         for server in started.values():
             servers.stop(server)
+    if profiles:
+        report.cold_start_s["service (default model only)"] = cold_default
+    report.targets = targets(report)
+    return report
 
 
 def measure(
@@ -236,7 +245,7 @@ def measure(
     loaded_rss = {name: s.rss_mb() for name, s in started.items()}
     raw = raw_figures(args.repository, 32) if profiles else {}
     busy = args.rounds * args.round_s * len(chosen)
-    report = Report(
+    return Report(
         machine=machine,
         users=args.users,
         round_s=args.round_s,
@@ -253,8 +262,6 @@ def measure(
         generator_cpu_share=generator_cpu / busy,
         targets=[],
     )
-    report.targets = targets(report)
-    return report
 
 
 def show(report: Report) -> None:
