@@ -196,21 +196,24 @@ def test_services_and_budgets_select_their_pods(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_drain_before_they_stop(overlay: str) -> None:
     deployments = objects(overlay, "Deployment")
-    # What each server still finishes after SIGTERM: BentoML its requests (up to the
-    # request deadline), Triton its in-flight inferences (up to --exit-timeout-secs).
     bentoml, triton = deployments["imgserve-bentoml"], deployments["imgserve-triton"]
-    after_sigterm = {
-        "imgserve-bentoml": float(env(bentoml)["IMGSERVE_REQUEST_TIMEOUT_S"]),
-        "imgserve-triton": float(flags(triton)["exit-timeout-secs"]),
+    propagation_s = 5  # endpoints and kube-proxies dropping the pod (Triton #6230)
+    # BentoML does not drain on SIGTERM: the preStop sleep must outlast the request deadline
+    # too; it exits within seconds after. Triton waits up to --exit-timeout-secs for its
+    # in-flight inferences after SIGTERM.
+    deadline_s = float(env(bentoml)["IMGSERVE_REQUEST_TIMEOUT_S"])
+    needs = {
+        "imgserve-bentoml": (propagation_s + deadline_s, 5.0),
+        "imgserve-triton": (propagation_s, float(flags(triton)["exit-timeout-secs"])),
     }
     for name, deployment in deployments.items():
         command = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
         assert command[0] == "sleep"
         sleep_s = float(command[1])
-        # Long enough for endpoints and kube-proxies to drop the pod (Triton #6230).
-        assert sleep_s >= 5
+        before, after = needs[name]
+        assert sleep_s >= before, name
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert grace > sleep_s + after_sigterm[name], name
+        assert grace > sleep_s + after, name
         assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
