@@ -160,6 +160,7 @@ def test_probes_point_at_paths_the_services_serve(overlay: str) -> None:
     assert int(flags(triton)["http-port"]) == ports["http"] == 8000
     assert int(flags(triton)["grpc-port"]) == ports["grpc"] == 8001
     assert int(flags(triton)["metrics-port"]) == ports["metrics"] == 8002
+    assert container(triton)["args"][0] == "tritonserver"
     assert flags(triton)["model-repository"] == "/models"
     for name, deployment in deployments.items():
         probes = [container(deployment)[p] for p in ("startupProbe", "readinessProbe")]
