@@ -66,7 +66,10 @@ def run_locust(  # noqa: PLR0917 (the load's shape reads best in order)
         "--loglevel", "WARNING", "--exit-code-on-error", "0", *options, user,
     ]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+    done = subprocess.run(  # a generous limit: a hung Locust must not hang the driver
+        command, capture_output=True, text=True, check=False, cwd=REPO_ROOT,
+        timeout=duration_s + 120,
+    )  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0 or not checks.is_file():
         raise RuntimeError(f"locust failed ({done.returncode}):\n{done.stderr[-4000:]}")

@@ -7,7 +7,9 @@ it forked, and its readiness is polled on the endpoint the server itself declare
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -196,3 +198,109 @@ def triton(repository: Path, families: Sequence[str], log: Path, name: str = "tr
         "latency_metrics": f"http://127.0.0.1:{ports['latency']}/metrics",
     }
     return server
+
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    client_max_body_size 16m;
+    client_body_buffer_size 1m;
+    upstream http_replicas {{
+        least_conn;
+{http_servers}
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /nginx-ready {{ return 200 "ready\\n"; }}
+        location / {{
+            proxy_pass http://http_replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+{grpc}}}
+"""
+
+NGINX_GRPC = """\
+    upstream grpc_replicas {{
+        least_conn;
+{grpc_servers}
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port} http2;
+        location / {{ grpc_pass grpc://grpc_replicas; }}
+    }}
+"""
+
+
+def nginx(
+    upstream_urls: Sequence[str],
+    log: Path,
+    grpc_upstreams: Sequence[str] = (),
+    name: str = "nginx",
+) -> Server:
+    """nginx (Debian's package, no root needed) balancing HTTP and, when given, gRPC over the
+    replicas (least connections, kept-alive upstream connections); its config, pid and temp
+    files live in a folder beside `log`. `extra["grpc"]` is the gRPC address."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    folder = log.with_suffix(".nginx")
+    folder.mkdir(parents=True, exist_ok=True)
+    port, grpc_port = free_port(), free_port()
+
+    def servers(addresses: Sequence[str]) -> str:
+        return "\n".join(f"        server {a.removeprefix('http://')};" for a in addresses)
+
+    grpc = (
+        NGINX_GRPC.format(grpc_servers=servers(grpc_upstreams), port=grpc_port)
+        if grpc_upstreams
+        else ""
+    )
+    config = folder / "nginx.conf"
+    config.write_text(
+        NGINX_CONF.format(dir=folder, port=port, http_servers=servers(upstream_urls), grpc=grpc)
+    )
+    command = [binary, "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(config),
+               "-g", "daemon off;"]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    server = start(name, command, f"{url}/nginx-ready", log, url=url, timeout_s=20)
+    if grpc_upstreams:
+        server.extra = {"grpc": f"127.0.0.1:{grpc_port}"}
+    return server
+
+
+def prometheus(jobs: Mapping[str, Sequence[str]], log: Path, scrape_s: float = 1.0) -> Server:
+    """Debian's Prometheus scraping `jobs` (job name: `host:port` targets serving /metrics)
+    every `scrape_s` seconds with the project's recording rules; its config and data live in
+    a folder beside `log`."""
+    folder = log.with_suffix(".prometheus")
+    folder.mkdir(parents=True, exist_ok=True)
+    scrape_configs = [
+        {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+        for job, targets in jobs.items()
+    ]
+    config = {
+        "global": {"scrape_interval": f"{scrape_s:g}s", "evaluation_interval": f"{scrape_s:g}s"},
+        "rule_files": [str(REPO_ROOT / "prometheus" / "rules" / "recording.yml")],
+        "scrape_configs": scrape_configs,
+    }
+    (folder / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        shutil.which("prometheus") or "prometheus",
+        f"--config.file={folder / 'prometheus.yml'}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    return start("prometheus", command, f"{url}/-/ready", log, url=url, timeout_s=60)

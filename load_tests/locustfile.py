@@ -14,6 +14,17 @@ as the BYTES input `image` of `<model>_<variant>` (KServe v2; `--host` is the HT
 `--grpc` the gRPC address). Users are `FastHttpUser`: the generator shares the two
 cores with the server and must stay cheap. With `--checks-out PATH` the run also writes its
 answer checks (statuses, right and wrong labels, images answered) to PATH as JSON.
+Triton users send 256x256 JPEGs instead of digits when `--model` is a load profile.
+
+Load shapes (`--shape`): `users` (the default: `-u` users at once, for `-t`); `step`
+(`--step-users 1,2,4,8 --step-s 10`: one step per user count, each measured after
+`--settle-s`, written per step to `--steps-out PATH` as JSON: the capacity search reads it);
+`rate` (a constant arrival rate: the `-u` users are paced to `--rate` requests/s together):
+
+    .venv/bin/locust -f load_tests/locustfile.py --headless --host http://127.0.0.1:3000 \
+        --shape step --step-users 1,2,4,8,16 --step-s 10 --steps-out steps.json DigitUser
+    .venv/bin/locust -f load_tests/locustfile.py --headless --host http://127.0.0.1:3000 \
+        --shape rate --rate 200 -u 16 -t 30s DigitUser
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ import grpc.experimental.gevent
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from locust import FastHttpUser, User, constant, events, task
+from locust import FastHttpUser, LoadTestShape, User, events, task
+from locust.stats import calculate_response_time_percentile
+from locust.user.wait_time import constant_pacing
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -82,6 +95,12 @@ def _options(parser: Any) -> None:
     parser.add_argument("--images-per-request", type=int, default=16, help="DigitBatchUser")
     parser.add_argument("--checks-out", default="", help="write the answer checks here (JSON)")
     parser.add_argument("--grpc", default="127.0.0.1:8001", help="Triton gRPC address")
+    parser.add_argument("--shape", choices=("users", "step", "rate"), default="users")
+    parser.add_argument("--step-users", default="1,2,4,8,16", help="users per step (step)")
+    parser.add_argument("--step-s", type=float, default=10.0, help="seconds per step (step)")
+    parser.add_argument("--settle-s", type=float, default=2.0, help="unmeasured start of a step")
+    parser.add_argument("--steps-out", default="", help="write per-step figures here (JSON)")
+    parser.add_argument("--rate", type=float, default=10.0, help="requests/s in all (rate)")
 
 
 @events.reset_stats.add_listener
@@ -94,6 +113,91 @@ def _write_checks(environment: Any, **_: Any) -> None:
     out = environment.parsed_options and environment.parsed_options.checks_out
     if out:
         Path(out).write_text(json.dumps(CHECKS.as_dict()))
+    steps_out = environment.parsed_options and environment.parsed_options.steps_out
+    if steps_out and isinstance(environment.shape_class, Shape):
+        Path(steps_out).write_text(json.dumps(environment.shape_class.steps))
+
+
+def paced(user: User) -> float:
+    """No pause; with `--shape rate`, the pause that keeps all users together at `--rate`."""
+    options = user.environment.parsed_options
+    if options is None or options.shape != "rate":
+        return 0.0
+    return constant_pacing(max(1, options.num_users) / options.rate)(user)
+
+
+class Shape(LoadTestShape):
+    """The `--shape` chosen: steady users, a step load measured per step, or a constant rate."""
+
+    use_common_options = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[dict[str, Any]] = []
+        self.mark: dict[str, Any] | None = None
+        self.marked = -1
+
+    def tick(self) -> tuple[int, float] | None:
+        options = self.runner.environment.parsed_options if self.runner else None
+        if options is None or options.shape != "step":
+            # A shape class overrides --run-time: honour it here, or the run never ends.
+            if options is not None and options.run_time and self.get_run_time() >= options.run_time:
+                return None
+            users = options.num_users if options else 1
+            return users, float(options.spawn_rate if options else users)
+        counts = [int(n) for n in options.step_users.split(",")]
+        number = int(self.get_run_time() // options.step_s)
+        within = self.get_run_time() - number * options.step_s
+        if self.mark is not None and (number != self.mark["step"] or number >= len(counts)):
+            self.steps.append(self._measured(self.mark))
+            self.mark = None
+        if number >= len(counts):
+            return None
+        if self.mark is None and within >= options.settle_s and number > self.marked:
+            self.mark = {"step": number, "users": counts[number], **self._snapshot()}
+            self.marked = number
+        return counts[number], 100.0
+
+    def _snapshot(self) -> dict[str, Any]:
+        total = self.runner.environment.stats.total if self.runner else None
+        assert total is not None
+        return {
+            "t": time.perf_counter(),
+            "wall": time.time(),
+            "requests": total.num_requests,
+            "failures": total.num_failures,
+            "times": dict(total.response_times),
+            "statuses": dict(CHECKS.statuses),
+            "wrong": CHECKS.wrong,
+        }
+
+    def _measured(self, start: dict[str, Any]) -> dict[str, Any]:
+        """One step's figures: the difference of two snapshots of Locust's own statistics."""
+        end = self._snapshot()
+        times = {t: n - start["times"].get(t, 0) for t, n in end["times"].items()}
+        requests = end["requests"] - start["requests"]
+        statuses = {k: n - start["statuses"].get(k, 0) for k, n in end["statuses"].items()}
+
+        def percentile(p: float) -> float | None:
+            if not requests:
+                return None
+            return float(calculate_response_time_percentile(times, requests, p))
+
+        return {
+            "step": start["step"],
+            "users": start["users"],
+            "duration_s": end["t"] - start["t"],
+            "start_unix": start["wall"],
+            "end_unix": end["wall"],
+            "requests": requests,
+            "failures": end["failures"] - start["failures"],
+            "requests_per_s": requests / (end["t"] - start["t"]),
+            "p50_ms": percentile(0.50),
+            "p95_ms": percentile(0.95),
+            "p99_ms": percentile(0.99),
+            "statuses": {k: n for k, n in statuses.items() if n},
+            "wrong_labels": end["wrong"] - start["wrong"],
+        }
 
 
 def _body(data: bytes) -> Any:
@@ -126,7 +230,7 @@ def _photos(count: int = 32) -> list[bytes]:
 
 class _ClassifyUser(FastHttpUser):
     abstract = True
-    wait_time = constant(0)
+    wait_time = paced
 
     def params(self) -> str:
         options = self.environment.parsed_options
@@ -267,15 +371,29 @@ def _triton_model(options: Any) -> str:
     return f"{options.model or 'digits'}_{options.variant or 'fp32'}"
 
 
+def _triton_images(options: Any) -> list[tuple[bytes, str | None]]:
+    """Held-out digits with their labels, or photos (no truth) for a load profile."""
+    if (options.model or "digits") == "digits":
+        return list(_OneDigitUser.digits)
+    return [(photo, None) for photo in PhotoUser.photos]
+
+
+def _count(answered: str, label: str | None) -> None:
+    if label is None:
+        CHECKS.images += 1
+    else:
+        CHECKS.count(answered, label)
+
+
 class TritonHttpUser(FastHttpUser):
     """One held-out digit per request to Triton over HTTP (KServe v2, binary tensor data)."""
 
-    wait_time = constant(0)
+    wait_time = paced
 
     def on_start(self) -> None:
         self.url = f"/v2/models/{_triton_model(self.environment.parsed_options)}/infer"
         self.bodies = []
-        for png, label in _OneDigitUser.digits:
+        for png, label in _triton_images(self.environment.parsed_options):
             image = httpclient.InferInput("image", [1, 1], "BYTES")
             image.set_data_from_numpy(np.array([[png]], dtype=np.object_))
             output = httpclient.InferRequestedOutput("label", binary_data=False)
@@ -304,20 +422,20 @@ class TritonHttpUser(FastHttpUser):
             except (KeyError, StopIteration, TypeError, ValueError):
                 response.failure("no label in the answer")
                 return
-            CHECKS.count(answered, label)
+            _count(answered, label)
 
 
 class TritonGrpcUser(User):
     """One held-out digit per request to Triton over gRPC, reported to Locust's request event."""
 
-    wait_time = constant(0)
+    wait_time = paced
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.model = _triton_model(options)
         self.client = grpcclient.InferenceServerClient(options.grpc)
         self.inputs = []
-        for png, label in _OneDigitUser.digits:
+        for png, label in _triton_images(options):
             image = grpcclient.InferInput("image", [1, 1], "BYTES")
             image.set_data_from_numpy(np.array([[png]], dtype=np.object_))
             self.inputs.append((image, label))
@@ -337,7 +455,7 @@ class TritonGrpcUser(User):
             CHECKS.statuses["OK"] += 1
             if labels is None:
                 raise ValueError("no label in the answer")
-            CHECKS.count(labels.reshape(-1)[0].decode(), label)
+            _count(labels.reshape(-1)[0].decode(), label)
         except InferenceServerException as exc:
             CHECKS.statuses[str(exc.status() or "error")] += 1
             error = exc
