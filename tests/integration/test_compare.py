@@ -1,0 +1,68 @@
+"""The comparison driver end to end, in seconds per cell: a small subset of the matrix (the
+digits model, FP32, batching on, 1 and 2 replicas behind nginx, BentoML, Triton gRPC and the
+plain baseline) on real servers; the report, its plots and the summary the capacity planner
+reads are produced, and every cell answered every request without an error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from load_tests import compare
+from load_tests.report import PLOTS
+
+pytestmark = pytest.mark.slow
+
+PLANNER_FIELDS = {
+    "front_end", "model", "variant", "batching", "replicas", "replica_mode", "capacity_rps",
+    "p99_target_ms",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("compare") / "report"
+    code = compare.main([
+        "--front-ends", "bentoml,triton-grpc,baseline", "--models", "digits",
+        "--variants", "fp32", "--batching", "on", "--replicas", "1,2",
+        "--replica-modes", "nginx", "--step-users", "2,8", "--step-s", "3", "--settle-s", "1",
+        "--warmup-s", "1", "--p99-target-ms", "1000", "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_every_cell_measured_without_errors(report: Path) -> None:
+    summary = json.loads((report / "summary.json").read_text())
+    cells = summary["cells"]
+    assert {(c["front_end"], c["replicas"]) for c in cells} == {
+        (front, n) for front in ("bentoml", "triton-grpc", "baseline") for n in (1, 2)
+    }
+    for cell in cells:
+        assert cell.keys() >= PLANNER_FIELDS
+        assert cell["errors"] == 0, cell["key"]
+        assert cell["requests"] > 0, cell["key"]
+        assert [s["users"] for s in cell["steps"]] == [2, 8], cell["key"]
+        assert all(s["requests"] > 0 for s in cell["steps"]), cell["key"]
+        # Held-out digits: the model is ~98.6% right, so nearly every answer is.
+        assert cell["right_labels"] > 20 * cell["wrong_labels"], cell["key"]
+        assert cell["cpu"]["servers_s"] > 0 and cell["cpu"]["generator_s"] > 0
+        assert (report / (cell["csv_prefix"] + "_stats.csv")).is_file()
+    # Prometheus scraped the servers: BentoML and Triton report their batch sizes.
+    for cell in cells:
+        if cell["front_end"] != "baseline":
+            assert any(s["batch_size"] for s in cell["steps"]), cell["key"]
+
+
+def test_report_and_plots_are_written(report: Path) -> None:
+    for name in PLOTS:
+        png = report / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    markdown = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    for name in PLOTS:
+        assert f"plots/{name}" in markdown and f"plots/{name}" in html
+    assert "What shared the CPU" in markdown and "Scaling with replicas" in markdown
+    assert "cores" in markdown
