@@ -316,14 +316,21 @@ def conclusions(summary: Summary) -> list[str]:
         by_n = {c.replicas: c for c in cells}
         if cores in by_n and cores + 1 in by_n:
             at, over = by_n[cores], by_n[cores + 1]
-            change = over.peak_rps / at.peak_rps - 1 if at.peak_rps else 0.0
-            verdict = "no more" if change <= 0.05 else f"{change:.0%} more"
-            out.append(
-                f"{name}: {cores + 1} replicas gave {_f(over.peak_rps)} req/s at peak against "
-                f"{_f(at.peak_rps)} with {cores} ({change:+.0%}): {verdict} throughput from a "
-                f"replica beyond the {cores} cores, which the servers already share with Locust."
-            )
-        if 2 in by_n and 1 in by_n and by_n[1].peak_rps:
+            if at.errors or over.errors:
+                out.append(f"{name}: {cores} against {cores + 1} replicas not compared: errors.")
+            else:
+                change = over.peak_rps / at.peak_rps - 1 if at.peak_rps else 0.0
+                verdict = (
+                    f"a replica beyond the {cores} cores added no throughput"
+                    if change <= 0.05
+                    else f"{cores + 1} replicas ran at "
+                    f"{over.peak_rps / ((cores + 1) * by_n[1].peak_rps):.0%} efficiency"
+                )
+                out.append(
+                    f"{name}: {cores + 1} replicas gave {_f(over.peak_rps)} req/s at peak "
+                    f"against {_f(at.peak_rps)} with {cores} ({change:+.0%}): {verdict}."
+                )
+        if 2 in by_n and 1 in by_n and by_n[1].peak_rps and not by_n[2].errors:
             eff = by_n[2].peak_rps / (2 * by_n[1].peak_rps)
             out.append(f"{name}: 2 replicas ran at {eff:.0%} scaling efficiency (peak).")
     for fp32, int8 in variant_pairs(summary):
