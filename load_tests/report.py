@@ -226,7 +226,8 @@ def plot_scaling(summary: Summary, path: Path, cores: int) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (name, cells) in enumerate(groups.items()):
         counts = [c.replicas for c in cells]
-        ax.plot(counts, [c.peak_rps for c in cells], marker="o", color=f"C{i}", label=name)
+        peaks = [c.peak_rps or float("nan") for c in cells]  # nan: no error-free step
+        ax.plot(counts, peaks, marker="o", color=f"C{i}", label=name)
         ax.plot(counts, [n * cells[0].peak_rps for n in counts], ls="--", color=f"C{i}", lw=1)
     ax.axvline(cores, color="grey", lw=1, ls=":")
     ax.text(cores, ax.get_ylim()[1] * 0.98, f" {cores} cores", color="grey", va="top")
