@@ -8,7 +8,6 @@ One handler turns every `ServingError` into `{error, reason, message}` with its 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -29,24 +28,19 @@ from serving.settings import ServingSettings
 
 logger = logging.getLogger("serving")
 
-# A 1x1 black PNG: the smallest valid example body.
-_EXAMPLE_PNG = base64.b64encode(
-    bytes.fromhex(
-        "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
-        "3a7e9b550000000a49444154789c63600000000200013a7e9b550000000049454e44ae426082"
-    )
-).decode()
-
 ModelQuery = Annotated[
-    str | None, Query(max_length=64, description="Model family; default from configuration.")
+    str | None,
+    Query(min_length=1, max_length=64, description="Model family; default from configuration."),
 ]
 VariantQuery = Annotated[
     str | None,
-    Query(max_length=16, description="`fp32` or `int8`; default from configuration."),
+    Query(min_length=1, max_length=16, description="`fp32` or `int8`; default from configuration."),
 ]
 TopKQuery = Annotated[
     int | None, Query(ge=1, le=1000, description="Labels to return; default from configuration.")
 ]
+# A misspelt (`?varaint=int8`) or repeated parameter must not be served silently.
+QUERY_PARAMETERS = frozenset({"model", "variant", "top_k"})
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -97,8 +91,10 @@ def create_app(settings: ServingSettings) -> FastAPI:
                 served = gw.catalog.resolve(model, variant)
                 labels = served.labels
                 with gw.metrics.in_flight.labels(**labels).track_inprogress():
+                    _check_query(request)
                     limit = settings.max_images_per_request if many else 1
-                    images = await read_images(request, settings.max_body_bytes, limit)
+                    field = "images" if many else "image"
+                    images = await read_images(request, settings.max_body_bytes, limit, field)
                     results = await gw.classify(served, images, top_k or settings.top_k)
         except ServingError as exc:
             gw.metrics.outcome(labels, endpoint, exc)
@@ -140,7 +136,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         description="Top-k labels with scores, and the model, variant, backend and version "
         "that answered.",
         responses=responses(CLASSIFY_EXAMPLE, "Top-k labels of the image."),
-        openapi_extra=classify_body(_EXAMPLE_PNG),
+        openapi_extra=classify_body(),
         response_model=None,
     )
     async def classify(
@@ -200,7 +196,8 @@ def create_app(settings: ServingSettings) -> FastAPI:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.url.path}; see /docs.json"))
         body = {"error": "HTTPException", "reason": "http", "message": str(exc.detail)}
-        return json_response(body, exc.status_code)
+        # A 405 carries Allow (RFC 9110), which Starlette puts on the exception.
+        return json_response(body, exc.status_code, dict(exc.headers or {}))
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> Response:
@@ -208,3 +205,17 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
     app.add_middleware(FastPath, answer=answer)
     return app
+
+
+def _check_query(request: Request) -> None:
+    query = request.query_params
+    unknown = sorted(query.keys() - QUERY_PARAMETERS)
+    if unknown:
+        names = ", ".join(repr(name[:64]) for name in unknown[:5])
+        raise BadInput(
+            f"unknown query parameters {names}; this endpoint takes "
+            f"{', '.join(sorted(QUERY_PARAMETERS))}"
+        )
+    repeated = sorted(name for name in QUERY_PARAMETERS if len(query.getlist(name)) > 1)
+    if repeated:
+        raise BadInput(f"query parameters given more than once: {', '.join(repeated)}")

@@ -53,24 +53,29 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def read_images(request: Request, max_bytes: int, max_images: int) -> list[bytes]:
-    """Encoded images in the order the request carries them; never more than `max_images`."""
+async def read_images(request: Request, max_bytes: int, max_images: int, field: str) -> list[bytes]:
+    """Encoded images in the order the request carries them; never more than `max_images`.
+
+    A multipart body carries them as file parts named `field`; a file part under any other
+    name is refused rather than silently taken or dropped.
+    """
     kind = media_type(request)
     if kind == MULTIPART:
         body = await read_body(request, max_bytes)
-        images = await _multipart_files(request.headers, body, max_images)
+        images = await _multipart_files(request.headers, body, max_images, field)
     elif kind.startswith("image/") or kind == "application/octet-stream":
         images = [await read_body(request, max_bytes)]
     else:
         raise UnsupportedMediaType(
             f"Content-Type {kind or '(none)'!r} is not accepted; send one of: {ACCEPTED}"
         )
-    if not images or not any(images):
-        raise EmptyInput("the request carries no image")
+    # An empty image is refused by the decoder: on its own as a 400, in a batch in its slot.
     return images
 
 
-async def _multipart_files(headers: Headers, body: bytes, max_images: int) -> list[bytes]:
+async def _multipart_files(
+    headers: Headers, body: bytes, max_images: int, field: str
+) -> list[bytes]:
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
         yield b""
@@ -86,7 +91,18 @@ async def _multipart_files(headers: Headers, body: bytes, max_images: int) -> li
             ) from exc
         raise BadInput(f"malformed multipart body: {exc.message}") from exc
     try:
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        files = []
+        for name, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                continue
+            if name != field:
+                raise BadInput(
+                    f"the multipart body has a file part named {name[:64]!r}; this endpoint "
+                    f"reads file parts named {field!r}"
+                )
+            files.append(value)
+        if not files:
+            raise EmptyInput(f"the multipart body has no file part named {field!r}")
         return [await upload.read() for upload in files]
     finally:
         await form.close()

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 # path -> (endpoint label, many images)
 ROUTES = {"/v1/classify": ("classify", False), "/v1/classify/batch": ("classify_batch", True)}
 _TOP_K = re.compile(r"[1-9][0-9]{0,3}")
-_MAX_LENGTH = {"model": 64, "variant": 16}  # as the FastAPI query declarations say
+_MAX_LENGTH = {"model": 64, "variant": 16}  # as the FastAPI query declarations say (min 1)
 _TOP_K_MAX = 1000
 
 
@@ -45,7 +45,7 @@ def parse_query(query_string: bytes) -> dict[str, Any] | None:
     found: dict[str, Any] = {"model": None, "variant": None, "top_k": None}
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if key in _MAX_LENGTH:
-            if len(value) > _MAX_LENGTH[key]:
+            if not 1 <= len(value) <= _MAX_LENGTH[key]:
                 return None
             found[key] = value
         elif key == "top_k":

@@ -128,12 +128,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 _BINARY = {"type": "string", "format": "binary"}
+# One image per request: an empty one is a 400. In a batch, an empty part is answered in its slot.
+_ONE_IMAGE = {**_BINARY, "minLength": 1}
 
 
-def classify_body(example_png: str) -> dict[str, Any]:
-    """One image: the raw body, or one file part named `image`."""
-    raw: dict[str, dict[str, Any]] = {kind: {"schema": _BINARY} for kind in RAW_MEDIA_TYPES}
-    raw["image/png"] = {"schema": _BINARY, "example": example_png}
+def classify_body() -> dict[str, Any]:
+    """One image: the raw body, or one file part named `image`.
+
+    No example: a binary body has no JSON form (a base64 string would be sent as its text).
+    """
+    raw: dict[str, dict[str, Any]] = {kind: {"schema": _ONE_IMAGE} for kind in RAW_MEDIA_TYPES}
     return {
         "requestBody": {
             "required": True,
@@ -145,7 +149,7 @@ def classify_body(example_png: str) -> dict[str, Any]:
                     "schema": {
                         "type": "object",
                         "required": ["image"],
-                        "properties": {"image": _BINARY},
+                        "properties": {"image": _ONE_IMAGE},
                     }
                 },
             },
@@ -165,7 +169,12 @@ def batch_body(max_images: int) -> dict[str, Any]:
                         "type": "object",
                         "required": ["images"],
                         "properties": {
-                            "images": {"type": "array", "items": _BINARY, "maxItems": max_images}
+                            "images": {
+                                "type": "array",
+                                "items": _BINARY,
+                                "minItems": 1,
+                                "maxItems": max_images,
+                            }
                         },
                     }
                 }
