@@ -58,6 +58,12 @@ class ServingSettings(ProjectSettings):
         default=10.0, gt=0, description="Deadline of one request; past it the answer is 504."
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with a 429.")
+    drain_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="After SIGTERM, seconds the entry keeps serving with /readyz at 503 before "
+        "it refuses new requests and drains (a Kubernetes preStop sleep plays this part).",
+    )
     trace_requests: bool = Field(
         default=False,
         description="BentoML's OpenTelemetry span per request (costs CPU; set an exporter too).",
