@@ -16,6 +16,7 @@ import bentoml
 from runners.settings import BackendSettings
 from serving.app import create_app
 from serving.catalog import Catalog
+from serving.drain import runner_bound_s
 from serving.gateway import Gateway, Runner
 from serving.runner import quiet, runner_service
 from serving.settings import ServingSettings
@@ -25,7 +26,12 @@ backend_settings = BackendSettings()
 catalog = Catalog(settings, backend_settings)
 RUNNERS = {
     served.key: runner_service(
-        served, settings.runner_workers, backend_settings, settings.trace_requests
+        served,
+        settings.runner_workers,
+        backend_settings,
+        settings.trace_requests,
+        settings.request_timeout_s,
+        drain_s=runner_bound_s(settings.drain_delay_s, settings.request_timeout_s),
     )
     for served in catalog
 }
@@ -52,9 +58,11 @@ class ImageClassifier:
     async def warm_up(self) -> None:
         # In the background: /livez must answer while the runners load.
         self._warming = asyncio.get_running_loop().create_task(self.gateway.become_ready())
+        # SIGTERM drains this worker before it stops (serving.drain says how and why).
+        self.gateway.drain.install()
 
     async def __is_ready__(self) -> bool:
-        return self.gateway.ready
+        return self.gateway.ready and not self.gateway.drain.stopping
 
 
 def _infer(proxy: Any) -> Any:

@@ -22,6 +22,7 @@ from runners.errors import NotReady, Overloaded, ServingError
 from runners.preprocessing import decode_and_preprocess
 from serving.catalog import Catalog, Served
 from serving.coalescer import Coalescer
+from serving.drain import EntryDrain
 from serving.metrics import INITIAL_OUTCOMES, metrics
 from serving.settings import ServingSettings
 
@@ -71,6 +72,10 @@ class Gateway:
         self.ready = False
         self._in_flight = 0
         self._limits = settings.image_limits
+        # Each request has its deadline; the second covers writing the last answers.
+        self.drain = EntryDrain(
+            settings.drain_delay_s, settings.request_timeout_s + 1.0, lambda: self._in_flight
+        )
         self.coalescers: dict[str, Coalescer] = {}
         for served in catalog:
             batching = served.entry.batching
@@ -91,7 +96,11 @@ class Gateway:
 
     @staticmethod
     def _guarded(served: Served, infer: Infer) -> Infer:
-        """Runner errors as ServingErrors; a 503 from the runner's batcher is retried once."""
+        """Runner errors as ServingErrors; a 503 from the runner's batcher, or a kept-alive
+        connection the runner closed as it was reused, is retried once (inference has no side
+        effect). The second happens with several entry and runner workers (measured by
+        `make compare`: aiohttp's ServerDisconnectedError, a bare 500 before this)."""
+        from aiohttp import ClientError, ServerDisconnectedError
         from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
         async def run(batch: np.ndarray) -> np.ndarray:
@@ -101,7 +110,10 @@ class Gateway:
                 except ServiceUnavailable as exc:
                     if attempt:
                         raise Overloaded(f"{served.key} is overloaded ({exc})") from exc
-                except BentoMLException as exc:
+                except ServerDisconnectedError as exc:
+                    if attempt:
+                        raise RunnerFailed(f"{served.key} closed the connection: {exc}") from exc
+                except (BentoMLException, ClientError) as exc:
                     logger.error("runner %s failed a batch of %d: %s", served.key, len(batch), exc)
                     raise RunnerFailed(f"{served.key} failed the batch: {exc}") from exc
             raise AssertionError("unreachable")
@@ -126,6 +138,7 @@ class Gateway:
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
         """Bound the requests inside this worker; beyond the bound, shed at once (429)."""
+        self.drain.check_admission()
         if not self.ready:
             raise NotReady("the models are still loading; retry when /readyz answers 200")
         limit = self.settings.max_concurrent_requests

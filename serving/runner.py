@@ -17,6 +17,7 @@ import numpy as np
 from runners.model import LoadedModel
 from runners.settings import BackendSettings
 from serving.catalog import Served
+from serving.drain import RunnerDrain
 from serving.metrics import metrics
 
 
@@ -36,8 +37,15 @@ def quiet(trace_requests: bool = False) -> dict[str, Any]:
 
 
 def runner_service(
-    served: Served, workers: int, backend_settings: BackendSettings, trace_requests: bool = False
+    served: Served,
+    workers: int,
+    backend_settings: BackendSettings,
+    trace_requests: bool = False,
+    deadline_s: float = 10.0,
+    *,
+    drain_s: float = 0.0,
 ) -> bentoml.Service[Any]:
+    """`drain_s`: how long a worker serves on after SIGTERM, waiting for the entry to stop."""
     entry = served.entry
     batching = entry.batching
     labels = served.labels
@@ -53,11 +61,23 @@ def runner_service(
             gc.collect()
             gc.freeze()
 
+        @bentoml.on_startup
+        def serve_until_the_entry_stops(self) -> None:
+            # The arbiter stops every worker at once; the entry still needs this runner for
+            # the requests it finishes (serving.drain).
+            self.drain = RunnerDrain(drain_s)
+            self.drain.install()
+
         # Inference is sub-millisecond to a few ms: run it on the loop, not via a thread hop.
         @bentoml.api(
             batchable=batching.max_batch_size > 1,
             max_batch_size=max(2, batching.max_batch_size),
-            max_latency_ms=max(1, math.ceil(batching.max_latency_ms)),
+            # BentoML's max_latency_ms is not a wait but a budget: its dispatcher cancels
+            # (503 "process is overloaded") any call it predicts will miss it. With several
+            # entry workers, calls reach one runner worker at once, and a budget of the
+            # queue delay (2 ms) refused them under light load; the request's own deadline
+            # is the budget that matters. The wait to fill a batch is the entry's coalescer.
+            max_latency_ms=max(1, math.ceil(deadline_s * 1000)),
         )
         async def infer(self, batch: np.ndarray) -> np.ndarray:
             """Class scores for a batch of preprocessed samples (batch axis first)."""
