@@ -9,6 +9,7 @@ digits family, both variants); see `serving.settings.ServingSettings`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import bentoml
@@ -16,11 +17,15 @@ import bentoml
 from runners.settings import BackendSettings
 from serving.app import create_app
 from serving.catalog import Catalog
-from serving.drain import runner_bound_s
+from serving.drain import runner_bound_s, use_loopback_runner_sockets
 from serving.gateway import Gateway, Runner
 from serving.runner import quiet, runner_service
 from serving.settings import ServingSettings
 
+# BentoML's server logging shows warnings only, but its own lifecycle lines at INFO: the
+# service's lifecycle lines (ready, draining on SIGTERM) are as useful to an operator.
+logging.getLogger("serving").setLevel(logging.INFO)
+use_loopback_runner_sockets()
 settings = ServingSettings()
 backend_settings = BackendSettings()
 catalog = Catalog(settings, backend_settings)

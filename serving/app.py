@@ -83,8 +83,27 @@ def create_app(settings: ServingSettings) -> FastAPI:
         top_k: int | None,
         many: bool,
     ) -> Response:
-        start = time.perf_counter()
         gw = gateway(request)
+        response = await _answer(request, gw, endpoint, model=model, variant=variant,
+                                 top_k=top_k, many=many)  # fmt: skip
+        if gw.drain.refusing:
+            # Draining: close each kept-alive connection after its answer, so that its client
+            # reconnects (and is refused) instead of racing the server's final close. Not
+            # before: new connections then would wait in the backlog that stopping resets.
+            response.headers["Connection"] = "close"
+        return response
+
+    async def _answer(
+        request: Request,
+        gw: Gateway,
+        endpoint: str,
+        *,
+        model: str | None,
+        variant: str | None,
+        top_k: int | None,
+        many: bool,
+    ) -> Response:
+        start = time.perf_counter()
         labels = UNKNOWN
         try:
             with gw.admit():
