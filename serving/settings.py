@@ -26,6 +26,11 @@ class ServingSettings(ProjectSettings):
     models: tuple[str, ...] = Field(
         default=("digits",), min_length=1, description="Model families to serve."
     )
+    batching: bool = Field(
+        default=True,
+        description="False serves every model one request at a time (max batch size 1, "
+        "no batching delay), overriding config.pbtxt: for comparisons.",
+    )
     default_model: str | None = Field(
         default=None, description="Family used when a request names none; None: the first."
     )
