@@ -62,6 +62,14 @@ class Batching(BaseModel):
     def max_latency_ms(self) -> float:
         return self.max_queue_delay_us / 1000
 
+    def off(self) -> Batching:
+        """These settings with batching turned off: one request per run, no queue delay.
+        The batch axis stays (max_batch_size 1), so the model's signature does not change;
+        the queue bound stays, so shedding is the same."""
+        return self.model_copy(
+            update={"max_batch_size": 1, "preferred_batch_sizes": (), "max_queue_delay_us": 0}
+        )
+
 
 class ModelEntry(BaseModel):
     """One served model (one variant of one family), as read from the repository."""
@@ -280,7 +288,10 @@ def write_model(
 class Repository:
     """Every model under a repository root, keyed by name, grouped by family."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, batching: bool = True) -> None:
+        """`batching` False reads every entry with its batching turned off (`Batching.off`),
+        whatever its config.pbtxt says: how the front ends serve a model unbatched from the
+        same repository (the IMGSERVE_BATCHING setting)."""
         self.root = root
         if not root.is_dir():
             raise RepositoryError(f"model repository {root} does not exist")
@@ -289,6 +300,11 @@ class Repository:
             for path in sorted(root.iterdir())
             if path.is_dir() and not path.name.startswith(".")
         }
+        if not batching:
+            self.entries = {
+                name: entry.model_copy(update={"batching": entry.batching.off()})
+                for name, entry in self.entries.items()
+            }
 
     def __iter__(self) -> Iterator[ModelEntry]:
         return iter(self.entries.values())

@@ -35,7 +35,7 @@ class Served:
 
 class Catalog:
     def __init__(self, settings: ServingSettings, backend_settings: BackendSettings) -> None:
-        repository = Repository(settings.repository)
+        repository = Repository(settings.repository, batching=settings.batching)
         families = repository.families()
         missing = [name for name in settings.models if name not in families]
         if missing:

@@ -99,8 +99,9 @@ class Gateway:
         """Runner errors as ServingErrors; a 503 from the runner's batcher, or a kept-alive
         connection the runner closed as it was reused, is retried once (inference has no side
         effect). The second happens with several entry and runner workers (measured by
-        `make compare`: aiohttp's ServerDisconnectedError, a bare 500 before this)."""
-        from aiohttp import ClientError, ServerDisconnectedError
+        `make compare`: aiohttp's ServerDisconnectedError or "Can not write request body",
+        a bare 500 before this)."""
+        from aiohttp import ClientConnectionError, ClientError
         from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
         async def run(batch: np.ndarray) -> np.ndarray:
@@ -110,7 +111,7 @@ class Gateway:
                 except ServiceUnavailable as exc:
                     if attempt:
                         raise Overloaded(f"{served.key} is overloaded ({exc})") from exc
-                except ServerDisconnectedError as exc:
+                except ClientConnectionError as exc:
                     if attempt:
                         raise RunnerFailed(f"{served.key} closed the connection: {exc}") from exc
                 except (BentoMLException, ClientError) as exc:

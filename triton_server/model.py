@@ -44,6 +44,10 @@ def model_config(entry: ModelEntry) -> ModelConfig:
     batching = entry.batching
     if batching.max_batch_size == 0:
         return ModelConfig(batching=False)
+    if batching.max_batch_size == 1:
+        # Batching off (`Batching.off`): the batch axis stays, with no dynamic batcher at all,
+        # so Triton's default scheduler runs each request alone (its queue is unbounded).
+        return ModelConfig(batching=True, max_batch_size=1, batcher=None)
     return ModelConfig(
         batching=True,
         max_batch_size=batching.max_batch_size,

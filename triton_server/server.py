@@ -51,7 +51,8 @@ class TritonFrontEnd:
     ) -> None:
         self.settings = settings or TritonSettings()
         self.backend_settings = backend or BackendSettings()
-        self.entries = select_entries(Repository(self.settings.repository), self.settings.models)
+        repository = Repository(self.settings.repository, batching=self.settings.batching)
+        self.entries = select_entries(repository, self.settings.models)
         self.models: dict[str, LoadedModel] = {}
         self.metrics = LatencyMetrics()
         self._triton: Triton | None = None

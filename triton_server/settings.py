@@ -26,6 +26,11 @@ class TritonSettings(ProjectSettings):
     models: tuple[str, ...] = Field(
         default=(), description="Model families to serve; empty serves every family."
     )
+    batching: bool = Field(
+        default=True,
+        description="False serves every model one request at a time (max batch size 1, "
+        "no batching delay), overriding config.pbtxt: for comparisons.",
+    )
     triton_host: str = Field(
         default="127.0.0.1", description="Address every port binds to; 0.0.0.0 for all."
     )
