@@ -88,10 +88,11 @@ bench-serve: profiles
 	$(PY) -m bench.serve --repository $(REPO) $(BENCH_ARGS)
 
 ## compare: the Locust comparison matrix (variants x batching x replicas x front ends x models)
-## with capacity at the p99 target; report in results/<timestamp>/. Subsets: COMPARE_ARGS=--quick,
+## with capacity at the p99 target; report in results/<timestamp>/ (builds the load profiles only
+## when the chosen models need them). Subsets: COMPARE_ARGS=--quick,
 ## or e.g. COMPARE_ARGS='--front-ends bentoml,baseline --models digits --replicas 1,2'
 COMPARE_ARGS ?=
-compare: profiles system-deps
+compare: models system-deps
 	$(PY) -m load_tests.compare --repository $(REPO) $(COMPARE_ARGS)
 
 clean:
