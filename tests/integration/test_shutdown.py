@@ -1,0 +1,259 @@
+"""SIGTERM under load, on both front ends: what Kubernetes does to the server's PID 1.
+
+Sustained concurrent load (every answer checked against the in-process model's label for its
+own image), then SIGTERM to the server process alone (the arbiter of `bentoml serve`; the
+launcher of `python -m triton_server`), the load running on until the server is gone.
+Checked: every request that got a response got 200 with its own right answer or a clean
+refusal (503 with a message, or a refused connection), never a 5xx or a bare 500; readiness
+turned false before the listener closed; exit status 0; no process of the server's session
+left; no shared memory or socket folder of the server's left.
+
+`python -m pytest tests/integration/test_shutdown.py -s` prints the figures the README's
+"Hard to break" table quotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from offline.data import load_heldout
+from offline.digits import encode_png
+from runners.model import LoadedModel
+from runners.preprocessing import decode_and_preprocess
+from runners.repository import Repository
+from serving.drain import LOCK_NAME
+from tests.integration.conftest import REPO_ROOT, TEST_LIMITS, start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+USERS = 32
+LOAD_BEFORE_SIGTERM_S = 2.0
+DRAIN_DELAY_S = 1.0  # long enough to see /readyz at 503 while requests are still served
+SHM = Path("/dev/shm")
+# How a connection can end without a response when the server was never going to read it.
+REFUSED = (httpx.ConnectError,)
+RESET = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+@dataclass
+class Outcomes:
+    """What the clients saw, in order, with monotonic times."""
+
+    answers: list[tuple[float, float, str]] = field(default_factory=list)  # sent, done, kind
+    readyz: list[tuple[float, str]] = field(default_factory=list)
+    sigterm_at: float = 0.0
+    exited_at: float = 0.0
+    in_flight_at_sigterm: int = 0
+
+    def kinds(self, after: float = 0.0) -> Counter[str]:
+        return Counter(kind for sent, _, kind in self.answers if sent >= after)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[list[bytes], list[str]]:
+    """Digit PNGs and the label the unbatched in-process model gives each."""
+    model = LoadedModel.load(Repository(REPO_ROOT / "model_repository").get("digits", "fp32"))
+    images, _ = load_heldout()
+    pngs = [encode_png(image) for image in images[::16]]  # the split is sorted by label
+    samples = np.stack([decode_and_preprocess(png, model.entry.preprocess) for png in pngs])
+    labels = [best[0].label for best in model.top_k(model.scores(samples), 1)]
+    return pngs, labels
+
+
+def _server_shm(pid: int) -> set[str]:
+    """Shared memory that the server's processes map or hold open."""
+    shm: set[str] = set()
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return shm
+    for proc in processes:
+        try:
+            shm |= {m.path for m in proc.memory_maps() if m.path.startswith(str(SHM))}
+            shm |= {f.path for f in proc.open_files() if f.path.startswith(str(SHM))}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return shm
+
+
+def _session_processes(sid: int) -> list[int]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+async def _load_and_sigterm(
+    url: str, pid: int, process_exited: asyncio.Event, digits: tuple[list[bytes], list[str]]
+) -> Outcomes:
+    pngs, labels = digits
+    out = Outcomes()
+    in_flight = 0
+    refused_for: set[int] = set()
+
+    async def user(number: int, client: httpx.AsyncClient) -> None:
+        nonlocal in_flight
+        turn = number
+        while not process_exited.is_set():
+            index = turn % len(pngs)
+            turn += USERS
+            sent = time.monotonic()
+            in_flight += 1
+            try:
+                response = await client.post(
+                    "/v1/classify?top_k=1",
+                    content=pngs[index],
+                    headers={"Content-Type": "image/png"},
+                )
+            except REFUSED:
+                kind = "refused"
+            except RESET as exc:
+                kind = f"reset:{type(exc).__name__}"
+            except httpx.TimeoutException:
+                kind = "timeout"
+            else:
+                kind = _judge(response, labels[index])
+            finally:
+                in_flight -= 1
+            out.answers.append((sent, time.monotonic(), kind))
+            if kind == "refused" or kind.startswith("503"):
+                refused_for.add(number)
+                await asyncio.sleep(0.05)  # as a client honouring a refusal would
+
+    async def poll_readyz() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+            while not process_exited.is_set():
+                try:
+                    status = str((await client.get("/readyz")).status_code)
+                except httpx.TransportError as exc:
+                    status = type(exc).__name__
+                out.readyz.append((time.monotonic(), status))
+                await asyncio.sleep(0.02)
+
+    async def sigterm() -> None:
+        await asyncio.sleep(LOAD_BEFORE_SIGTERM_S)
+        out.in_flight_at_sigterm = in_flight
+        out.sigterm_at = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+
+    limits = httpx.Limits(max_connections=USERS, max_keepalive_connections=USERS)
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as client:
+        await asyncio.gather(*(user(n, client) for n in range(USERS)), poll_readyz(), sigterm())
+    return out
+
+
+def _judge(response: httpx.Response, label: str) -> str:
+    if response.status_code == 200:
+        predictions = response.json()["predictions"]
+        return "200" if predictions[0]["label"] == label else "200-wrong-label"
+    try:
+        body = response.json()
+        clean = bool(body.get("message")) and body.get("reason") == "not_ready"
+    except ValueError:
+        clean = False
+    return f"{response.status_code}{'' if clean else '-bare'}"
+
+
+Digits = tuple[list[bytes], list[str]]
+
+
+def _run_load(url: str, process: subprocess.Popen[bytes], digits: Digits) -> Outcomes:
+    async def main() -> Outcomes:
+        exited = asyncio.Event()
+
+        async def watch() -> None:
+            while process.poll() is None:
+                await asyncio.sleep(0.02)
+            out_exited.append(time.monotonic())
+            exited.set()
+
+        out_exited: list[float] = []
+        watcher = asyncio.create_task(watch())
+        outcomes = await asyncio.wait_for(
+            _load_and_sigterm(url, process.pid, exited, digits), timeout=90
+        )
+        await watcher
+        outcomes.exited_at = out_exited[0]
+        return outcomes
+
+    return asyncio.run(main())
+
+
+def _report(name: str, out: Outcomes) -> None:
+    before, after = out.kinds(), out.kinds(out.sigterm_at)
+    sys.stdout.write(
+        f"\n{name}: SIGTERM under {USERS} concurrent: {out.in_flight_at_sigterm} in flight, "
+        f"exit {out.exited_at - out.sigterm_at:.2f} s after SIGTERM; all requests {dict(before)}; "
+        f"sent after SIGTERM {dict(after)}\n"
+    )
+
+
+def test_bentoml_drains_on_sigterm_under_load(tmp_path: Path, digits: Digits) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        **TEST_LIMITS,
+        "IMGSERVE_MAX_CONCURRENT_REQUESTS": "256",
+        "IMGSERVE_DRAIN_DELAY_S": str(DRAIN_DELAY_S),
+    }
+    server = start_server("service:ImageClassifier", REPO_ROOT, tmp_path / "server.log", env)
+    try:
+        shm = _server_shm(server.process.pid)
+        lock = Path(tempfile.gettempdir()) / f"{LOCK_NAME}.{server.process.pid}"
+        assert lock.exists()
+        out = _run_load(server.url, server.process, digits)
+        log = server.log.read_text()
+        _report("bentoml", out)
+        admitted = re.search(r"SIGTERM: not ready; (\d+) requests in flight", log)
+        drained = re.search(r"every admitted request answered, ([\d.]+) s after SIGTERM", log)
+        sys.stdout.write(
+            f"bentoml server: {admitted and admitted[1]} admitted requests in flight at SIGTERM, "
+            f"all answered {drained and drained[1]} s after it (drain delay {DRAIN_DELAY_S} s)\n"
+        )
+        assert server.process.returncode == 0, log[-3000:]
+        kinds = out.kinds()
+        # Every response: its own right answer, or a refusal with a message.
+        assert set(kinds) <= {"200", "503", "refused"}, (kinds, log[-3000:])
+        assert kinds["200"] > 0
+        # Requests in flight at SIGTERM (and during the delay) were answered, not refused.
+        # A request the server had not yet read when it began refusing may get the 503; the
+        # server's own count says that every request it had admitted was answered.
+        # Readiness: 200 before SIGTERM, then 503 while the listener still answered, then gone.
+        statuses = [status for at, status in out.readyz if at > out.sigterm_at]
+        first_not_ready = next(i for i, s in enumerate(statuses) if s != "200")
+        assert statuses[first_not_ready] == "503", statuses
+        assert "200" not in statuses[first_not_ready:]
+        assert any(
+            kind == "200" and sent > out.sigterm_at + 0.2 for sent, _, kind in out.answers
+        ), "requests stopped being served before the drain delay ended"
+        assert "every admitted request answered" in log
+        deadline = time.monotonic() + 10
+        while _session_processes(server.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_processes(server.process.pid) == []
+        assert not [path for path in shm if Path(path).exists()]
+        assert not lock.exists()
+    finally:
+        stop_server(server)
