@@ -200,13 +200,26 @@ def triton(repository: Path, families: Sequence[str], log: Path, name: str = "tr
     return server
 
 
+# How the balancer routes around a replica that fails (a killed one, one restarting, one
+# draining): a refused or failed connection, an upstream timeout or a 503 (the services'
+# "not ready": still loading, or shutting down) sends the request to the next replica, POSTs
+# included (`non_idempotent`: classification has no side effect, so a
+# request a dead replica may have read is safe to send again), at most once more
+# (`proxy_next_upstream_tries 2`: a bound, not a retry storm). A replica that failed once
+# (`max_fails=1`) gets no new request for `fail_timeout` (2 s), then one probe request.
+# A connect that is not refused but never answered (a replica whose worker died while its
+# listening socket lives on in the arbiter) fails after 2 s instead of the default 60 s.
+# Every failure is an `error.log` line ("connect() failed ... while connecting to
+# upstream", "upstream prematurely closed"); the access log, when on, carries each
+# request's upstream address(es) and status(es), a retried one as "a, b" and "502, 200".
 NGINX_CONF = """\
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    log_format upstreams '$status|$upstream_addr|$upstream_status|$request_time';
+    access_log {access_log};
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -226,6 +239,9 @@ http {{
             proxy_pass http://http_replicas;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_next_upstream error timeout http_503 non_idempotent;
+            proxy_next_upstream_tries 2;
+            proxy_connect_timeout 2s;
         }}
     }}
 {grpc}}}
@@ -249,17 +265,22 @@ def nginx(
     log: Path,
     grpc_upstreams: Sequence[str] = (),
     name: str = "nginx",
+    access_log: bool = False,
 ) -> Server:
     """nginx (Debian's package, no root needed) balancing HTTP and, when given, gRPC over the
     replicas (least connections, kept-alive upstream connections); its config, pid and temp
-    files live in a folder beside `log`. `extra["grpc"]` is the gRPC address."""
+    files live in a folder beside `log`. `extra["grpc"]` is the gRPC address; with
+    `access_log`, `extra["access_log"]` is the access log (off by default: it costs CPU)."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     folder = log.with_suffix(".nginx")
     folder.mkdir(parents=True, exist_ok=True)
     port, grpc_port = free_port(), free_port()
 
     def servers(addresses: Sequence[str]) -> str:
-        return "\n".join(f"        server {a.removeprefix('http://')};" for a in addresses)
+        return "\n".join(
+            f"        server {a.removeprefix('http://')} max_fails=1 fail_timeout=2s;"
+            for a in addresses
+        )
 
     grpc = (
         NGINX_GRPC.format(grpc_servers=servers(grpc_upstreams), port=grpc_port)
@@ -268,14 +289,23 @@ def nginx(
     )
     config = folder / "nginx.conf"
     config.write_text(
-        NGINX_CONF.format(dir=folder, port=port, http_servers=servers(upstream_urls), grpc=grpc)
+        NGINX_CONF.format(
+            dir=folder,
+            port=port,
+            http_servers=servers(upstream_urls),
+            grpc=grpc,
+            access_log=f"{folder / 'access.log'} upstreams" if access_log else "off",
+        )
     )
     command = [binary, "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(config),
                "-g", "daemon off;"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     server = start(name, command, f"{url}/nginx-ready", log, url=url, timeout_s=20)
     if grpc_upstreams:
-        server.extra = {"grpc": f"127.0.0.1:{grpc_port}"}
+        server.extra["grpc"] = f"127.0.0.1:{grpc_port}"
+    if access_log:
+        server.extra["access_log"] = str(folder / "access.log")
+    server.extra["error_log"] = str(folder / "error.log")
     return server
 
 
