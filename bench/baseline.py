@@ -6,6 +6,8 @@ No batching, no queue, no metrics: decode with the shared preprocessing (so that
 cost is the same as the service's), run a default `InferenceSession` inline on the event
 loop, answer top-5. `make bench-serve` compares the served front ends against it. It takes
 the image as a raw body (`Content-Type: image/...`) or as a multipart `image` upload.
+`BASELINE_INTRA_OP_THREADS` (unset: ONNX Runtime's default, one spinning thread per core)
+gives a replica its share of the cores when several run on one machine.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from runners.preprocessing import ImageLimits, decode_and_preprocess
 from runners.repository import read_model
 
 ENTRY = read_model(Path(os.environ.get("BASELINE_MODEL", "model_repository/digits_fp32")))
-SESSION = ort.InferenceSession(str(ENTRY.onnx_path), providers=["CPUExecutionProvider"])
+OPTIONS = ort.SessionOptions()
+if os.environ.get("BASELINE_INTRA_OP_THREADS"):
+    OPTIONS.intra_op_num_threads = int(os.environ["BASELINE_INTRA_OP_THREADS"])
+SESSION = ort.InferenceSession(str(ENTRY.onnx_path), OPTIONS, providers=["CPUExecutionProvider"])
 INPUT = SESSION.get_inputs()[0].name
 LIMITS = ImageLimits()
 

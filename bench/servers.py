@@ -148,7 +148,9 @@ def bentoml(
     return start(name, command, f"{url}/readyz", log, env, url=url)
 
 
-def baseline(model_path: Path, log: Path, name: str = "baseline") -> Server:
+def baseline(
+    model_path: Path, log: Path, name: str = "baseline", env: Mapping[str, str] | None = None
+) -> Server:
     """The plain FastAPI + ONNX Runtime baseline (`bench.baseline`) under uvicorn."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -165,11 +167,17 @@ def baseline(model_path: Path, log: Path, name: str = "baseline") -> Server:
         "--log-level",
         "warning",
     ]
-    env = {"BASELINE_MODEL": str(model_path)}
+    env = {**(env or {}), "BASELINE_MODEL": str(model_path)}
     return start(name, command, f"{url}/healthz", log, env, url=url)
 
 
-def triton(repository: Path, families: Sequence[str], log: Path, name: str = "triton") -> Server:
+def triton(
+    repository: Path,
+    families: Sequence[str],
+    log: Path,
+    name: str = "triton",
+    env: Mapping[str, str] | None = None,
+) -> Server:
     """`python -m triton_server` on free ports; ready when both variants of every family are."""
     ports = {key: free_port() for key in ("http", "grpc", "metrics", "latency")}
     command = [
@@ -191,7 +199,7 @@ def triton(repository: Path, families: Sequence[str], log: Path, name: str = "tr
     ]
     url = f"http://127.0.0.1:{ports['http']}"
     ready = [f"{url}/v2/models/{f}_{v}/ready" for f in families for v in ("fp32", "int8")]
-    server = start(name, command, ready, log, url=url)
+    server = start(name, command, ready, log, env, url=url)
     server.extra = {
         "grpc": f"127.0.0.1:{ports['grpc']}",
         "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",

@@ -5,7 +5,9 @@
 
 For every cell (front end × model × variant × batching × replicas × replica mode, see
 `load_tests.matrix`) it starts the cell's servers (once per deployment), warms up, then
-runs a step load (`load_tests/locustfile.py --shape step`) with a fixed duration per step.
+runs a step load (`load_tests/locustfile.py --shape step`) with a fixed duration per step,
+then a second pass with a few user counts between the capacity step and the next larger one
+(`results.refine_users`), so capacity is found near the knee, not only at the coarse steps.
 Each step gives throughput, p50/p95/p99, errors and shed responses, and, from a Prometheus
 scraping the replicas every second, the server-side mean batch size and queue wait. The
 cell's capacity is its best step within the p99 target with no error. CPU time is counted
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import json
 import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +34,17 @@ from pathlib import Path
 
 import psutil
 
-from bench.locust_run import SHED, run_locust
+from bench.locust_run import SHED, LoadResult, run_locust
 from load_tests import matrix, report, serverside
-from load_tests.results import CellResult, CpuUse, Machine, Step, Summary, capacity
+from load_tests.results import (
+    CellResult,
+    CpuUse,
+    Machine,
+    Step,
+    Summary,
+    capacity,
+    refine_users,
+)
 from load_tests.results import within_target as meets
 from load_tests.stack import Stack, running
 from runners.repository import Repository
@@ -100,41 +112,70 @@ def load_options(cell: matrix.Cell, stack: Stack) -> list[str]:
     return options
 
 
-def measure(cell: matrix.Cell, stack: Stack, args: argparse.Namespace, out: Path) -> CellResult:
-    """Warm-up, then the step load; its steps read back with their server-side figures."""
-    users = step_users(cell, args)
-    options = load_options(cell, stack)
-    user = cell.locust_user()
-    with tempfile.TemporaryDirectory(prefix="warmup-") as warm:
-        run_locust(stack.url, user, min(8, users[-1]), args.warmup_s, Path(warm) / "w", options)
-    prefix = out / "locust" / cell.key
-    steps_file = prefix.with_name(cell.key + "_steps.json")
+def _step_load(  # noqa: PLR0917 (one pass of the step load, its inputs in order)
+    cell: matrix.Cell,
+    stack: Stack,
+    args: argparse.Namespace,
+    users: list[int],
+    prefix: Path,
+    options: list[str],
+) -> tuple[LoadResult, list[dict[str, object]]]:
+    steps_file = prefix.with_name(prefix.name + "_steps.json")
     shape = ["--shape", "step", "--step-users", ",".join(map(str, users)),
              "--step-s", str(args.step_s), "--settle-s", str(args.settle_s),
              "--steps-out", str(steps_file)]  # fmt: skip
+    load = run_locust(stack.url, cell.locust_user(), users[0], len(users) * args.step_s + 30,
+                      prefix, [*options, *shape])  # fmt: skip
+    return load, json.loads(steps_file.read_text())
+
+
+def measure(cell: matrix.Cell, stack: Stack, args: argparse.Namespace, out: Path) -> CellResult:
+    """Warm-up, then the step load in two passes (coarse steps, then finer ones around the
+    knee); its steps read back with their server-side figures."""
+    users = step_users(cell, args)
+    options = load_options(cell, stack)
+    user = cell.locust_user()
+    if args.warmup_s > 0:  # 0 skips it: both front ends warm every model before ready
+        with tempfile.TemporaryDirectory(prefix="warmup-") as warm:
+            run_locust(stack.url, user, min(8, users[-1]), args.warmup_s, Path(warm) / "w",
+                       options)  # fmt: skip
+    prefix = out / "locust" / cell.key
+    target = target_ms(cell.model, args)
     before = (busy_cpu_s(), stack.serving_cpu_s(), stack.balancer_cpu_s(),
               stack.prometheus_cpu_s(), time.monotonic())  # fmt: skip
-    load = run_locust(stack.url, user, users[0], len(users) * args.step_s + 30, prefix,
-                      [*options, *shape])  # fmt: skip
+    load, raw = _step_load(cell, stack, args, users, prefix, options)
+    if stack.prometheus:
+        time.sleep(SCRAPE_WAIT_S)
+    steps = [_step(r, cell, stack, target) for r in raw]
+    loads = [load]
+    finer = refine_users(steps) if args.refine else []
+    if finer:
+        fine_prefix = prefix.with_name(cell.key + "_refine")
+        load, raw = _step_load(cell, stack, args, finer, fine_prefix, options)
+        loads.append(load)
+        if stack.prometheus:
+            time.sleep(SCRAPE_WAIT_S)
+        steps = sorted([*steps, *(_step(r, cell, stack, target) for r in raw)],
+                       key=lambda s: s.users)  # fmt: skip
     wall = time.monotonic() - before[4]
     servers_s = stack.serving_cpu_s() - before[1]
     balancer_s = stack.balancer_cpu_s() - before[2]
     prometheus_s = stack.prometheus_cpu_s() - before[3]
     machine_s = busy_cpu_s() - before[0]
+    generator_s = sum(one.generator_cpu_s for one in loads)
     cpu = CpuUse(
         wall_s=wall,
         servers_s=servers_s,
         balancer_s=balancer_s,
-        generator_s=load.generator_cpu_s,
+        generator_s=generator_s,
         prometheus_s=prometheus_s,
-        other_s=max(0.0, machine_s - servers_s - balancer_s - prometheus_s - load.generator_cpu_s),
+        other_s=max(0.0, machine_s - servers_s - balancer_s - prometheus_s - generator_s),
     )
-    if stack.prometheus:
-        time.sleep(SCRAPE_WAIT_S)
-    target = target_ms(cell.model, args)
-    steps = [_step(raw, cell, stack, target) for raw in json.loads(steps_file.read_text())]
     best = capacity(steps)
     clean = [s for s in steps if s.errors == 0]
+    requests = sum(one.requests for one in loads)
+    errors = sum(one.errors for one in loads)
+    shed = sum(one.shed for one in loads)
     return CellResult(
         key=cell.key,
         front_end=cell.front_end,
@@ -149,16 +190,17 @@ def measure(cell: matrix.Cell, stack: Stack, args: argparse.Namespace, out: Path
         capacity_met=best is not None,
         capacity_users=best.users if best else None,
         peak_rps=max((s.requests_per_s for s in clean), default=0.0),
-        requests=load.requests,
-        errors=load.errors,
-        shed=load.shed,
-        error_ratio=load.errors / load.requests if load.requests else 0.0,
-        shed_ratio=load.shed / load.requests if load.requests else 0.0,
-        right_labels=load.right_labels,
-        wrong_labels=load.wrong_labels,
+        requests=requests,
+        errors=errors,
+        shed=shed,
+        error_ratio=errors / requests if requests else 0.0,
+        shed_ratio=shed / requests if requests else 0.0,
+        right_labels=sum(one.right_labels for one in loads),
+        wrong_labels=sum(one.wrong_labels for one in loads),
         steps=steps,
         cpu=cpu,
         csv_prefix=str(prefix.relative_to(out)),
+        refined_users=finer,
     )
 
 
@@ -228,12 +270,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=2.0,
         help="first seconds of each step left out of its figures",
     )
-    parser.add_argument("--warmup-s", type=float, default=3.0, help="warm-up before each cell")
+    parser.add_argument(
+        "--warmup-s", type=float, default=3.0, help="warm-up before each cell (0: none)"
+    )
+    parser.add_argument(
+        "--no-refine",
+        dest="refine",
+        action="store_false",
+        help="skip the second pass (steps between the capacity step and the next)",
+    )
     parser.add_argument(
         "--p99-target-ms",
         type=float,
         default=0.0,
         help="one p99 target for all models (default: per model, matrix.py)",
+    )
+    parser.add_argument(
+        "--only",
+        type=_csv,
+        default=(),
+        help="keep only the cells whose key matches one of these comma-separated patterns "
+        "(fnmatch, e.g. '*-batch-*,baseline-*'); keys look like "
+        "triton-grpc-digits-int8-nobatch-2nginx",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="report folder (default: results/<timestamp>)"
@@ -253,12 +311,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def build_missing(repository: Path, models: tuple[str, ...]) -> None:
+    """Build the load profiles only when the chosen models need them and the repository
+    lacks them (minutes): a digits-only subset never waits for them."""
+    families = Repository(repository).families()
+    missing = [m for m in models if m not in families]
+    if not missing:
+        return
+    if "digits" in missing:
+        raise SystemExit(f"digits not in {repository}: run `make models`")
+    log.info("building the load profiles for %s (minutes)", ", ".join(missing))
+    command = [sys.executable, "-m", "offline", "--repository", str(repository), "models",
+               "--profiles"]  # fmt: skip
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    still = [m for m in models if m not in Repository(repository).families()]
+    if still:
+        raise SystemExit(f"{', '.join(still)} not in {repository} after `make profiles`")
+
+
 def chosen_cells(args: argparse.Namespace) -> list[matrix.Cell]:
-    families = Repository(args.repository).families()
-    missing = [m for m in args.models if m not in families]
-    if missing:
-        raise SystemExit(f"{', '.join(missing)} not in {args.repository}: run `make profiles`")
-    return matrix.cells(
+    build_missing(args.repository, args.models)
+    chosen = matrix.cells(
         front_ends=args.front_ends,
         models=args.models,
         variants=args.variants,
@@ -266,6 +339,9 @@ def chosen_cells(args: argparse.Namespace) -> list[matrix.Cell]:
         replicas=tuple(int(n) for n in args.replicas),
         replica_modes=args.replica_modes,
     )
+    if args.only:
+        chosen = [c for c in chosen if any(fnmatch.fnmatch(c.key, p) for p in args.only)]
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "batching": list(args.batching),
             "replicas": list(args.replicas),
             "replica_modes": list(args.replica_modes),
+            **({"only cells matching": list(args.only)} if args.only else {}),
         },
         step_s=args.step_s,
         settle_s=args.settle_s,

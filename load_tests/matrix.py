@@ -25,11 +25,12 @@ REPLICA_MODES: tuple[ReplicaMode, ...] = ("nginx", "workers")
 # The p99 each model must stay under for its capacity: the alert threshold for the digits
 # model (prometheus/rules/alerts.yml), looser for the two heavier load profiles.
 P99_TARGET_MS = {"digits": 50.0, "mobilenetv2": 250.0, "resnet50": 1000.0}
-# Concurrent users per step of the step load: the heavy profiles saturate 2 cores early.
+# Concurrent users per coarse step of the step load (the heavy profiles saturate 2 cores
+# early); the capacity search then adds finer steps around the knee (`results.refine_users`).
 STEP_USERS = {
-    "digits": (1, 2, 4, 8, 16, 32, 64),
-    "mobilenetv2": (1, 2, 4, 8, 16, 32),
-    "resnet50": (1, 2, 4, 8, 16),
+    "digits": (2, 8, 32, 64),
+    "mobilenetv2": (1, 4, 16),
+    "resnet50": (1, 4, 16),
 }
 
 

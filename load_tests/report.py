@@ -280,6 +280,7 @@ def _cell_rows(summary: Summary) -> list[list[str]]:
             _f(c.peak_rps), f"{c.error_ratio:.2%}", f"{c.shed_ratio:.2%}",
             _f(step.batch_size if step else None, 2), _f(step.queue_wait_ms if step else None, 2),
             _f(c.cpu.servers_s / c.cpu.wall_s, 2), _f(c.cpu.generator_s / c.cpu.wall_s, 2),
+            _f(c.cpu.other_s / c.cpu.wall_s, 2),
         ])  # fmt: skip
     return rows
 
@@ -287,7 +288,7 @@ def _cell_rows(summary: Summary) -> list[list[str]]:
 CELL_HEAD = [
     "front end", "model", "variant", "batching", "replicas", "mode", "capacity req/s",
     "users", "p50 ms", "p95 ms", "p99 ms", "peak req/s", "errors", "shed", "batch size",
-    "queue wait ms", "server cores", "Locust cores",
+    "queue wait ms", "server cores", "Locust cores", "other cores",
 ]  # fmt: skip
 
 
@@ -341,6 +342,17 @@ def conclusions(summary: Summary) -> list[str]:
                 f"{_label(fp32).replace(' fp32', '')}: INT8 capacity is {ratio:.2f}× FP32's "
                 f"({_f(int8.capacity_rps)} vs {_f(fp32.capacity_rps)} req/s)."
             )
+    nginx = {_key_without(c, "replica_mode"): c for c in summary.cells if c.replica_mode == "nginx"}
+    for workers in (c for c in summary.cells if c.replica_mode == "workers"):
+        processes = nginx.get(_key_without(workers, "replica_mode"))
+        if processes:
+            out.append(
+                f"{_label(workers, replicas=False)} ×{workers.replicas}: BentoML's workers "
+                f"setting gave {_f(workers.capacity_rps)} req/s capacity "
+                f"({_f(workers.peak_rps)} peak, {workers.errors} errors) against "
+                f"{_f(processes.capacity_rps)} ({_f(processes.peak_rps)} peak, "
+                f"{processes.errors} errors) for {workers.replicas} processes behind nginx."
+            )
     on = {_key_without(c, "batching"): c for c in summary.cells if c.batching}
     for off in (c for c in summary.cells if not c.batching and c.front_end != "baseline"):
         batched = on.get(_key_without(off, "batching"))
@@ -373,12 +385,18 @@ def document(summary: Summary) -> Document:
     doc.para(
         f"Each cell: {summary.warmup_s:g} s warm-up, then a step load of closed-loop Locust "
         f"users (no think time), {summary.step_s:g} s per step of which the first "
-        f"{summary.settle_s:g} s are left out (users per step: {steps}). Capacity is the "
+        f"{summary.settle_s:g} s are left out (users per step: {steps}), then a second "
+        "pass with up to two user counts between the best step within the target and the "
+        "next larger one (the knee; the `users` column can be one of them). Capacity is the "
         f"best step throughput whose p99 stayed at or under the target ({targets}) with no "
         "error and nothing shed. Server-side batch size and queue wait are means over the "
         "capacity step, read from a Prometheus scraping every replica each second; the "
         "baseline exports no metrics. Replicas are separate server processes behind nginx "
-        "(`nginx`) or BentoML's own entry and runner workers (`workers`)."
+        "(`nginx`) or BentoML's own entry and runner workers (`workers`); with N > 1 each "
+        "replica's engine runs cores ÷ N intra-op threads (at least 1). Batching off is the "
+        "`IMGSERVE_BATCHING=false` setting on the same repository (max batch size 1, no "
+        "batching delay: BentoML's runner not batchable, Triton without a dynamic batcher); "
+        "the baseline never batches."
     )
     doc.heading("What shared the CPU")
     doc.bullets(_shares(summary))
@@ -387,7 +405,9 @@ def document(summary: Summary) -> Document:
     doc.heading("Cells")
     doc.table(CELL_HEAD, _cell_rows(summary))
     doc.para(
-        "server cores and Locust cores: CPU-s used during the step load ÷ its wall time. "
+        "server cores, Locust cores and other cores: CPU-s used during the step load ÷ its "
+        "wall time; other is the whole machine's busy CPU (psutil) minus the servers, nginx, "
+        "Prometheus and Locust: whatever else ran on the shared machine in that cell. "
         "errors and shed: share of all requests of the step load (429/503 are shed, not errors)."
     )
     doc.heading("Scaling with replicas")

@@ -2,7 +2,9 @@
 
 Capacity at the p99 target: the highest throughput of any step of the step load whose p99
 stayed at or under the target with no error and nothing shed. A cell where no step met it
-has capacity 0 (`capacity_met` false). The capacity planner reads `cells[*]` with
+has capacity 0 (`capacity_met` false). The step load runs twice: coarse steps, then a few
+steps between the capacity step and the next (`refine_users`), so the knee is found finer.
+The capacity planner reads `cells[*]` with
 `front_end, model, variant, batching, replicas, replica_mode, capacity_rps, p99_target_ms`.
 """
 
@@ -64,6 +66,9 @@ class CellResult(BaseModel):
     steps: list[Step]
     cpu: CpuUse
     csv_prefix: str
+    refined_users: list[int] = Field(
+        default_factory=list, description="User counts of the second, finer pass (if any)."
+    )
 
     @property
     def capacity_step(self) -> Step | None:
@@ -103,6 +108,24 @@ def capacity(steps: list[Step]) -> Step | None:
     """The step with the highest throughput among those within the target."""
     within = [s for s in steps if s.within_target]
     return max(within, key=lambda s: s.requests_per_s) if within else None
+
+
+def refine_users(steps: list[Step], most: int = 2) -> list[int]:
+    """User counts between the capacity step and the next larger one, spaced geometrically:
+    the second pass of the step load, so capacity is found near the knee rather than at the
+    coarse steps. None when the coarse steps leave no gap (capacity at the top step, or
+    adjacent counts); below the smallest step when even it missed the target."""
+    ordered = sorted(steps, key=lambda s: s.users)
+    best = capacity(ordered)
+    low = best.users if best else 0
+    above = [s.users for s in ordered if s.users > low]
+    if not above:
+        return []
+    high = above[0]
+    if low == 0:
+        return list(range(1, high))[-most:]
+    points = {round(low * (high / low) ** (k / (most + 1))) for k in range(1, most + 1)}
+    return sorted(n for n in points if low < n < high)
 
 
 def within_target(p99_ms: float | None, errors: int, shed: int, target_ms: float) -> bool:

@@ -2,15 +2,21 @@
 
 BentoML replicas each get their own `BENTOML_HOME`: `bentoml serve` empties
 `$BENTOML_HOME/prometheus_multiproc_dir` when it starts, so replicas sharing one would wipe
-each other's metrics. "Batching off" is a copy of the model family in a temporary
-repository with `max_batch_size` 1 and no queue delay, written through
-`runners.repository.write_model`, served the same way by both front ends.
+each other's metrics. "Batching off" is the `IMGSERVE_BATCHING=false` setting, read by both
+front ends from the same repository (`runners.repository.Batching.off`: max batch size 1, no
+batching delay; BentoML's runner is then not batchable, Triton gets no dynamic batcher).
+
+With N > 1 replicas (either mode) each replica's engine gets its share of the cores as its
+intra-op threads (cores ÷ N, at least 1), as a CPU limit per container would: N engines that
+each start one thread per core, ONNX Runtime's default, oversubscribe the cores, and the
+baseline's default session also spin-waits, which halved its throughput at 2 replicas.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,9 +26,6 @@ import httpx
 
 from bench import servers
 from load_tests.matrix import Deployment
-from runners.repository import CARD_JSON, CARD_MD, Batching, Repository, write_model
-
-UNBATCHED = Batching(max_batch_size=1, max_queue_delay_us=0)
 
 
 @dataclass
@@ -48,17 +51,13 @@ class Stack:
         return self.prometheus.cpu_seconds() if self.prometheus else 0.0
 
 
-def unbatched_repository(source: Path, family: str, target: Path) -> Path:
-    """A copy of `family` (both variants) whose batching is off; returns the new root."""
-    for entry in Repository(source).families()[family].values():
-        extra = {
-            name: (entry.directory / name).read_text()
-            for name in (CARD_JSON, CARD_MD)
-            if (entry.directory / name).is_file()
-        }
-        copy = entry.model_copy(update={"directory": target / entry.name, "batching": UNBATCHED})
-        write_model(copy, entry.onnx_path, extra)
-    return target
+def engine_threads(deployment: Deployment) -> dict[str, str]:
+    """Intra-op threads of each replica's engine, as settings: none (the engine's default)
+    for one replica, the replica's share of the cores for several."""
+    if deployment.replicas == 1:
+        return {}
+    share = str(max(1, (os.cpu_count() or 1) // deployment.replicas))
+    return {"IMGSERVE_INTRA_OP_THREADS": share, "BASELINE_INTRA_OP_THREADS": share}
 
 
 def _bentoml(deployment: Deployment, repository: Path, work: Path, name: str) -> servers.Server:
@@ -71,6 +70,8 @@ def _bentoml(deployment: Deployment, repository: Path, work: Path, name: str) ->
         "IMGSERVE_MODELS": json.dumps([deployment.model]),
         "IMGSERVE_ENTRY_WORKERS": str(workers),
         "IMGSERVE_RUNNER_WORKERS": str(workers),
+        "IMGSERVE_BATCHING": str(deployment.batching).lower(),
+        **engine_threads(deployment),
     }
     return servers.bentoml("service:ImageClassifier", work / f"{name}.log", env, name=name)
 
@@ -79,9 +80,12 @@ def _launch(deployment: Deployment, repository: Path, work: Path, name: str) -> 
     if deployment.server == "bentoml":
         return _bentoml(deployment, repository, work, name)
     if deployment.server == "triton":
-        return servers.triton(repository, [deployment.model], work / f"{name}.log", name=name)
+        env = {"IMGSERVE_BATCHING": str(deployment.batching).lower(), **engine_threads(deployment)}
+        return servers.triton(
+            repository, [deployment.model], work / f"{name}.log", name=name, env=env
+        )
     model_dir = repository / f"{deployment.model}_{deployment.variant}"
-    return servers.baseline(model_dir, work / f"{name}.log", name=name)
+    return servers.baseline(model_dir, work / f"{name}.log", name, engine_threads(deployment))
 
 
 def _metrics_jobs(stack: Stack) -> dict[str, list[str]]:
@@ -117,8 +121,6 @@ def running(deployment: Deployment, repository: Path, work: Path) -> Iterator[St
     """Every server of `deployment` started (replicas one after another), then stopped."""
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
-    if not deployment.batching and deployment.server != "baseline":
-        repository = unbatched_repository(repository, deployment.model, work / "repository")
     stack = Stack(deployment, url="")
     try:
         processes = deployment.replicas if deployment.replica_mode == "nginx" else 1

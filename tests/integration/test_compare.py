@@ -1,7 +1,8 @@
 """The comparison driver end to end, in seconds per cell: a small subset of the matrix (the
-digits model, FP32, batching on, 1 and 2 replicas behind nginx, BentoML, Triton gRPC and the
-plain baseline) on real servers; the report, its plots and the summary the capacity planner
-reads are produced, and every cell answered every request without an error."""
+digits model, FP32, batching on at 1 and 2 replicas behind nginx for BentoML and Triton gRPC,
+the plain baseline at 1, and one Triton cell with batching off) on real servers; the report, its
+plots and the summary the capacity planner reads are produced, every cell answered every
+request without an error, and batching off really ran batches of one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PLANNER_FIELDS = {
     "front_end", "model", "variant", "batching", "replicas", "replica_mode", "capacity_rps",
     "p99_target_ms",
 }  # fmt: skip
+UNBATCHED = "triton-grpc-digits-fp32-nobatch-1nginx"
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +28,10 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("compare") / "report"
     code = compare.main([
         "--front-ends", "bentoml,triton-grpc,baseline", "--models", "digits",
-        "--variants", "fp32", "--batching", "on", "--replicas", "1,2",
+        "--variants", "fp32", "--batching", "on,off", "--replicas", "1,2",
+        "--only", f"*-batch-*,baseline-*-1nginx,{UNBATCHED}",
         "--replica-modes", "nginx", "--step-users", "2,8", "--step-s", "3", "--settle-s", "1",
-        "--warmup-s", "1", "--p99-target-ms", "1000", "--out", str(out),
+        "--warmup-s", "0", "--p99-target-ms", "1000", "--out", str(out),
     ])  # fmt: skip
     assert code == 0
     return out
@@ -37,14 +40,15 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_cell_measured_without_errors(report: Path) -> None:
     summary = json.loads((report / "summary.json").read_text())
     cells = summary["cells"]
-    assert {(c["front_end"], c["replicas"]) for c in cells} == {
-        (front, n) for front in ("bentoml", "triton-grpc", "baseline") for n in (1, 2)
-    }
+    assert {(c["front_end"], c["replicas"], c["batching"]) for c in cells} == {
+        (front, n, True) for front in ("bentoml", "triton-grpc") for n in (1, 2)
+    } | {("triton-grpc", 1, False), ("baseline", 1, False)}  # fmt: skip
     for cell in cells:
         assert cell.keys() >= PLANNER_FIELDS
         assert cell["errors"] == 0, cell["key"]
         assert cell["requests"] > 0, cell["key"]
-        assert [s["users"] for s in cell["steps"]] == [2, 8], cell["key"]
+        # The coarse steps, and any finer ones the capacity search added between them.
+        assert {2, 8} <= {s["users"] for s in cell["steps"]}, cell["key"]
         assert all(s["requests"] > 0 for s in cell["steps"]), cell["key"]
         # Held-out digits: the model is ~98.6% right, so nearly every answer is.
         assert cell["right_labels"] > 20 * cell["wrong_labels"], cell["key"]
@@ -54,6 +58,9 @@ def test_every_cell_measured_without_errors(report: Path) -> None:
     for cell in cells:
         if cell["front_end"] != "baseline":
             assert any(s["batch_size"] for s in cell["steps"]), cell["key"]
+    # Batching off is a real configuration: Triton ran every request alone.
+    unbatched = next(c for c in cells if c["key"] == UNBATCHED)
+    assert all(s["batch_size"] == pytest.approx(1.0) for s in unbatched["steps"])
 
 
 def test_report_and_plots_are_written(report: Path) -> None:
