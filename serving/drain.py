@@ -28,16 +28,18 @@ uvicorn only when it may stop:
   waits for the exclusive lock, bounded by the entry's own bound plus a margin.
 
 Shutting the shared socket down stops new connections to every entry worker; that is right
-here because the arbiter stops all of them together. Only SIGTERM drains: a second SIGTERM
-is ignored, and SIGINT (Ctrl+C at a terminal) still stops a worker at once, as before.
+here because the arbiter stops all of them together. Should the arbiter itself die (kill -9),
+every worker gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and drains the same way. Only
+SIGTERM drains: a second SIGTERM is ignored, and SIGINT (Ctrl+C at a terminal) still stops a
+worker at once, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -55,6 +57,7 @@ from runners.errors import NotReady
 logger = logging.getLogger("serving")
 
 LOCK_NAME = "imgserve-entry.lock"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 0.02
 # How long a draining entry waits for clients to close kept-alive connections.
 LINGER_S = 1.0
@@ -81,17 +84,13 @@ def use_loopback_runner_sockets() -> None:
 def entry_lock_path() -> Path:
     """One file per `bentoml serve`, known to the entry and every runner worker.
 
-    BentoML puts the runners' Unix sockets in a temporary folder of its own (removed when the
-    server stops) and gives every worker their addresses in `BENTOML_RUNNER_MAP`; without Unix
-    sockets (`BENTOML_NO_UDS`) the arbiter's pid, their common parent, names the file.
+    It lives in the server's Prometheus multiprocess folder (`$BENTOML_HOME/
+    prometheus_multiproc_dir`, given to every worker), which `bentoml serve` empties when it
+    starts, so the file of a server that was killed outright does not outlive the next start;
+    the arbiter's pid, the workers' common parent, names it.
     """
-    from bentoml._internal.utils.uri import uri_to_path
-
-    runner_map: dict[str, str] = json.loads(os.environ.get("BENTOML_RUNNER_MAP") or "{}")
-    for uri in runner_map.values():
-        if uri.startswith(("unix:", "file:")):
-            return Path(uri_to_path(uri)).parent / LOCK_NAME
-    return Path(tempfile.gettempdir()) / f"{LOCK_NAME}.{os.getppid()}"
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
+    return Path(folder) / f"{LOCK_NAME}.{os.getppid()}"
 
 
 def listening_fd() -> int | None:
@@ -122,6 +121,24 @@ def shut_listener(fd: int) -> bool:
         return True
 
 
+def _sigterm_when_the_arbiter_dies() -> None:
+    """Linux: SIGTERM this worker (so it drains and exits) if its parent dies, however it dies.
+
+    Circus starts every worker in a session of its own, so a kill -9 of the arbiter, or of
+    its process group, leaves the workers running and holding the server's port with nobody
+    to stop them; a supervisor's restart of the server then cannot bind the port (and a
+    balancer keeps sending requests to the orphans).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        logger.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    elif os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class _Drain:
     """SIGTERM chained in front of uvicorn's handler; `stop` hands it on when done."""
 
@@ -140,6 +157,7 @@ class _Drain:
         self._previous = previous
         self._loop = asyncio.get_running_loop()
         signal.signal(signal.SIGTERM, self._on_signal)
+        _sigterm_when_the_arbiter_dies()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._loop is None or self.started is not None:

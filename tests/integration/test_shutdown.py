@@ -5,8 +5,9 @@ own image), then SIGTERM to the server process alone (the arbiter of `bentoml se
 launcher of `python -m triton_server`), the load running on until the server is gone.
 Checked: every request that got a response got 200 with its own right answer or a clean
 refusal (503 with a message, or a refused connection), never a 5xx or a bare 500; readiness
-turned false before the listener closed; exit status 0; no process of the server's session
-left; no shared memory or socket folder of the server's left.
+turned false before the listener closed; exit status 0; none of the server's processes left
+(circus starts each worker in a session of its own: they are followed by pid); none of its
+shared memory and no drain lock file left.
 
 `python -m pytest tests/integration/test_shutdown.py -s` prints the figures the README's
 "Hard to break" table quotes.
@@ -20,7 +21,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -92,15 +92,15 @@ def _server_shm(pid: int) -> set[str]:
     return shm
 
 
-def _session_processes(sid: int) -> list[int]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getsid(proc.pid) == sid:
-                found.append(proc.pid)
-        except (ProcessLookupError, PermissionError):
-            continue
-    return found
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if psutil.pid_exists(pid) and _not_zombie(pid)]
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def _load_and_sigterm(
@@ -221,7 +221,10 @@ def test_bentoml_drains_on_sigterm_under_load(tmp_path: Path, digits: Digits) ->
     server = start_server("service:ImageClassifier", REPO_ROOT, tmp_path / "server.log", env)
     try:
         shm = _server_shm(server.process.pid)
-        lock = Path(tempfile.gettempdir()) / f"{LOCK_NAME}.{server.process.pid}"
+        # Circus starts each worker in a session of its own: follow the pids, not the session.
+        workers = [p.pid for p in psutil.Process(server.process.pid).children(recursive=True)]
+        assert len(workers) >= 3  # the entry and a runner per variant
+        lock = home / "prometheus_multiproc_dir" / f"{LOCK_NAME}.{server.process.pid}"
         assert lock.exists()
         out = _run_load(server.url, server.process, digits)
         log = server.log.read_text()
@@ -250,9 +253,9 @@ def test_bentoml_drains_on_sigterm_under_load(tmp_path: Path, digits: Digits) ->
         ), "requests stopped being served before the drain delay ended"
         assert "every admitted request answered" in log
         deadline = time.monotonic() + 10
-        while _session_processes(server.process.pid) and time.monotonic() < deadline:
+        while _alive([server.process.pid, *workers]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _session_processes(server.process.pid) == []
+        assert _alive([server.process.pid, *workers]) == []
         assert not [path for path in shm if Path(path).exists()]
         assert not lock.exists()
     finally:
