@@ -199,12 +199,13 @@ def test_pods_drain_before_they_stop(overlay: str) -> None:
     deployments = objects(overlay, "Deployment")
     bentoml, triton = deployments["imgserve-bentoml"], deployments["imgserve-triton"]
     propagation_s = 5  # endpoints and kube-proxies dropping the pod (Triton #6230)
-    # BentoML does not drain on SIGTERM: the preStop sleep must outlast the request deadline
-    # too; it exits within seconds after. Triton waits up to --exit-timeout-secs for its
-    # in-flight inferences after SIGTERM.
-    deadline_s = float(env(bentoml)["IMGSERVE_REQUEST_TIMEOUT_S"])
+    # After SIGTERM, BentoML drains (serving.drain): the entry answers what it admitted, up
+    # to the request deadline, lingers up to 1 s for clients to close their connections, and
+    # its runners and the arbiter stop within seconds after. Triton waits up to
+    # --exit-timeout-secs for its in-flight inferences.
+    drain_s = float(env(bentoml)["IMGSERVE_REQUEST_TIMEOUT_S"]) + 2.0
     needs = {
-        "imgserve-bentoml": (propagation_s + deadline_s, 5.0),
+        "imgserve-bentoml": (propagation_s, drain_s + 5.0),
         "imgserve-triton": (propagation_s, float(flags(triton)["exit-timeout-secs"])),
     }
     for name, deployment in deployments.items():
