@@ -1,6 +1,10 @@
 """The comparison report: `report.md`, `report.html` and PNG plots from `summary.json`.
 
     .venv/bin/python -m load_tests.report results/<timestamp>   # redraw from its summary
+    .venv/bin/python -m load_tests.report results/<timestamp> notes.md   # with notes
+
+Notes are a reader's remarks on a run (what was investigated, what is known about a cell):
+one bullet per paragraph of the file, under their own heading, apart from the computed text.
 
 Every sentence with a figure is computed from the summary: the report states the machine,
 what shared its CPU, and comparisons only where both sides were measured. Scaling
@@ -365,7 +369,7 @@ def conclusions(summary: Summary) -> list[str]:
     return out
 
 
-def document(summary: Summary) -> Document:
+def document(summary: Summary, notes: list[str] | None = None) -> Document:
     doc = Document()
     m = summary.machine
     doc.heading("Load-test comparison")
@@ -402,6 +406,9 @@ def document(summary: Summary) -> Document:
     doc.bullets(_shares(summary))
     doc.heading("Conclusions")
     doc.bullets(conclusions(summary))
+    if notes:
+        doc.heading("Notes on this run (written by hand, not computed)")
+        doc.bullets(notes)
     doc.heading("Cells")
     doc.table(CELL_HEAD, _cell_rows(summary))
     doc.para(
@@ -429,18 +436,25 @@ def document(summary: Summary) -> Document:
     return doc
 
 
-def write(summary: Summary, out: Path) -> None:
+def read_notes(path: Path) -> list[str]:
+    """One note per blank-line-separated paragraph, its lines joined."""
+    paragraphs = path.read_text().split("\n\n")
+    return [" ".join(p.split()) for p in paragraphs if p.strip()]
+
+
+def write(summary: Summary, out: Path, notes: list[str] | None = None) -> None:
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plot_throughput(summary, plots / "throughput_vs_concurrency.png")
     plot_latency(summary, plots / "latency_percentiles.png")
     plot_variants(summary, plots / "int8_vs_fp32.png")
     plot_scaling(summary, plots / "scaling.png", summary.machine.cores)
-    doc = document(summary)
+    doc = document(summary, notes)
     (out / "report.md").write_text(doc.markdown())
     (out / "report.html").write_text(doc.html("Load-test comparison"))
 
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
-    write(Summary.model_validate_json((folder / "summary.json").read_text()), folder)
+    extra = read_notes(Path(sys.argv[2])) if len(sys.argv) > 2 else None
+    write(Summary.model_validate_json((folder / "summary.json").read_text()), folder, extra)
