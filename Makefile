@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve compare observe dashboards clean
+.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve compare observe dashboards fuzz clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -94,6 +94,12 @@ bench-serve: profiles
 COMPARE_ARGS ?=
 compare: models system-deps
 	$(PY) -m load_tests.compare --repository $(REPO) $(COMPARE_ARGS)
+
+## fuzz: atheris on decode-and-preprocess for FUZZ_SECONDS (crash files in results/fuzz/)
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	$(PY) -m tests.fuzz.fuzz_preprocessing --seconds $(FUZZ_SECONDS) --corpus results/fuzz/corpus \
+	  --artifacts results/fuzz/artifacts
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache
