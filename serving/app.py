@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from runners.errors import BadInput, NotFound, ServingError
-from serving.bodies import read_images
+from serving.bodies import body_left_unread, read_images
 from serving.fastpath import FastPath
 from serving.gateway import Gateway, prediction_dicts
 from serving.metrics import UNKNOWN, render_latest
@@ -86,7 +86,12 @@ def create_app(settings: ServingSettings) -> FastAPI:
         gw = gateway(request)
         response = await _answer(request, gw, endpoint, model=model, variant=variant,
                                  top_k=top_k, many=many)  # fmt: skip
-        if gw.drain.refusing:
+        if response.status_code >= 400 and body_left_unread(request):
+            # Refused before its body was read (too large, wrong type, unknown model...): close
+            # the connection after the answer (RFC 9110 allows it for 413) rather than read and
+            # discard an upload of any size to keep the connection alive.
+            response.headers["Connection"] = "close"
+        elif gw.drain.refusing:
             # Draining: close each kept-alive connection after its answer, so that its client
             # reconnects (and is refused) instead of racing the server's final close. Not
             # before: new connections then would wait in the backlog that stopping resets.

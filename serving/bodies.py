@@ -50,7 +50,20 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
                 f"the body exceeds the limit of {max_bytes} bytes (max_body_bytes)"
             )
         chunks.append(chunk)
+    request.state.body_read = True
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def body_left_unread(request: Request) -> bool:
+    """True when the request carries a body that was not (or not wholly) read.
+
+    An answer sent then closes the connection: otherwise the HTTP server goes on reading and
+    discarding the rest (a chunked upload of any size) just to keep the connection alive.
+    """
+    if getattr(request.state, "body_read", False):
+        return False
+    declared = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (declared is not None and declared != "0")
 
 
 async def read_images(request: Request, max_bytes: int, max_images: int, field: str) -> list[bytes]:
