@@ -211,8 +211,8 @@ def _check_consistent(entry: ModelEntry, source: str) -> None:
         )
     if len(entry.output.dims) != 1 or entry.output.dims[0] != len(entry.labels):
         raise RepositoryError(
-            f"{source}: output dims {list(entry.output.dims)} do not match "
-            f"{len(entry.labels)} labels in {LABELS_FILE}"
+            f"{entry.directory / LABELS_FILE} has {len(entry.labels)} labels, but {source} "
+            f"declares output dims {list(entry.output.dims)} (one label per class)"
         )
 
 
