@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sysconfig
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -28,6 +29,8 @@ from pytriton.models.model import Model
 from pytriton.triton import Triton
 
 from triton_server.errors import ERROR_OUTPUT
+
+HANDSHAKE_TIMEOUT_S = 60.0
 
 _ANCHOR = (
     "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
@@ -46,14 +49,29 @@ _PATCHED = (
 )
 
 
+# Instances of one model start in parallel when tritonserver loads its repository at start-up
+# (see `server.py`); the first creates a handshake socket the others wait for, 1 s by
+# default, and on a busy two-core machine that was too short (measured: "Timeout occurred
+# while waiting for config file", and tritonserver refused to start).
+_HANDSHAKE_ANCHOR = (
+    "inference_handler_config = get_config_from_handshake_server(handshake_socket)\n"
+)
+_HANDSHAKE_PATCHED = (
+    "inference_handler_config = get_config_from_handshake_server(handshake_socket, "
+    f"timeout_s={HANDSHAKE_TIMEOUT_S})\n"
+)
+
+
 def patch_proxy_source(source: str) -> str:
-    """PyTriton's proxy model.py with per-request errors; fails loudly if PyTriton changed it."""
-    if source.count(_ANCHOR) != 1:
-        raise RuntimeError(
-            "nvidia-pytriton's proxy model.py no longer has the _wrap_response this project "
-            "patches for per-request errors; use the nvidia-pytriton version in pyproject.toml"
-        )
-    return source.replace(_ANCHOR, _PATCHED)
+    """PyTriton's proxy model.py with per-request errors and a longer handshake wait between
+    instances; fails loudly if PyTriton changed what it patches."""
+    for anchor, what in ((_ANCHOR, "_wrap_response"), (_HANDSHAKE_ANCHOR, "handshake")):
+        if source.count(anchor) != 1:
+            raise RuntimeError(
+                f"nvidia-pytriton's proxy model.py no longer has the {what} code this project "
+                "patches; use the nvidia-pytriton version in pyproject.toml"
+            )
+    return source.replace(_ANCHOR, _PATCHED).replace(_HANDSHAKE_ANCHOR, _HANDSHAKE_PATCHED)
 
 
 class _PerRequestErrorModel(Model):
@@ -65,8 +83,12 @@ class _PerRequestErrorModel(Model):
         files[key] = patch_proxy_source(files[key].decode()).encode()
         return files
 
-    def generate_model(self, model_repository: Any) -> None:
-        raise RuntimeError("per-request errors need PyTriton's default (remote) model store")
+    def generate_model(self, model_repository: Path) -> None:
+        """Write the model into the local model store (`server.py` says why it is local),
+        with the patched proxy."""
+        super().generate_model(model_repository)
+        proxy = model_repository / self.model_name / str(self.model_version) / "model.py"
+        proxy.write_text(patch_proxy_source(proxy.read_text()))
 
 
 def bind(
