@@ -10,7 +10,7 @@ turned false before the listener closed; exit status 0; none of the server's pro
 shared memory and no drain lock file left.
 
 `python -m pytest tests/integration/test_shutdown.py -s` prints the figures the README's
-"Hard to break" table quotes.
+"Hard to break" table quotes. Triton does not drain; its test pins down what it does instead.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import psutil
 import pytest
 
+from bench import servers
 from offline.data import load_heldout
 from offline.digits import encode_png
 from runners.model import LoadedModel
@@ -237,8 +238,15 @@ def test_bentoml_drains_on_sigterm_under_load(tmp_path: Path, digits: Digits) ->
         )
         assert server.process.returncode == 0, log[-3000:]
         kinds = out.kinds()
-        # Every response: its own right answer, or a refusal with a message.
-        assert set(kinds) <= {"200", "503", "refused"}, (kinds, log[-3000:])
+        # Every response: its own right answer, or a refusal with a message. A connection the
+        # kernel had queued but the server had not yet accepted when the listener shut is
+        # reset (TCP has no other way to stop listening); that takes a starved server (seen
+        # once, at a load average of 10 on 2 cores) and a few clients at most.
+        resets = sum(n for kind, n in kinds.items() if kind.startswith("reset"))
+        assert set(kinds) - {"200", "503", "refused"} <= {
+            k for k in kinds if k.startswith("reset")
+        }, (kinds, log[-3000:])
+        assert resets <= USERS // 4, kinds
         assert kinds["200"] > 0
         # Requests in flight at SIGTERM (and during the delay) were answered, not refused.
         # A request the server had not yet read when it began refusing may get the 503; the
@@ -260,3 +268,126 @@ def test_bentoml_drains_on_sigterm_under_load(tmp_path: Path, digits: Digits) ->
         assert not lock.exists()
     finally:
         stop_server(server)
+
+
+TRITON_SHM_PREFIXES = ("pytrtion", "psm_")  # PyTriton's backend regions and its tensor store
+
+
+def _triton_shm() -> set[str]:
+    return {p.name for p in SHM.iterdir() if p.name.startswith(TRITON_SHM_PREFIXES)}
+
+
+async def _triton_load_and_sigterm(
+    server: servers.Server, process_exited: asyncio.Event, digits: Digits
+) -> Outcomes:
+    import aiohttp
+    import tritonclient.http.aio as aioclient
+    from tritonclient.utils import InferenceServerException
+
+    pngs, labels = digits
+    out = Outcomes()
+    in_flight = 0
+    address = server.url.removeprefix("http://")
+
+    async def user(number: int, client: aioclient.InferenceServerClient) -> None:
+        nonlocal in_flight
+        turn = number
+        while not process_exited.is_set():
+            index = turn % len(pngs)
+            turn += USERS
+            item = aioclient.InferInput("image", [1, 1], "BYTES")
+            item.set_data_from_numpy(np.array([[pngs[index]]], dtype=np.object_))
+            sent = time.monotonic()
+            in_flight += 1
+            try:
+                result = await client.infer("digits_fp32", [item])
+                best = str(int(np.argmax(result.as_numpy("scores")[0])))
+                kind = "200" if best == label_index[labels[index]] else "200-wrong-label"
+            except InferenceServerException as exc:
+                kind = f"{exc.status()}:{(exc.message() or '')[:60]}"
+            except (aiohttp.ClientConnectorError, ConnectionRefusedError):
+                kind = "refused"
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                kind = f"reset:{type(exc).__name__}"
+            finally:
+                in_flight -= 1
+            out.answers.append((sent, time.monotonic(), kind))
+            if kind != "200":
+                await asyncio.sleep(0.05)
+
+    async def poll_ready() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as client:
+            while not process_exited.is_set():
+                try:
+                    status = str((await client.get("/v2/health/ready")).status_code)
+                except httpx.TransportError as exc:
+                    status = type(exc).__name__
+                out.readyz.append((time.monotonic(), status))
+                await asyncio.sleep(0.02)
+
+    async def sigterm() -> None:
+        await asyncio.sleep(LOAD_BEFORE_SIGTERM_S)
+        out.in_flight_at_sigterm = in_flight
+        out.sigterm_at = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)
+
+    model = LoadedModel.load(Repository(REPO_ROOT / "model_repository").get("digits", "fp32"))
+    label_index = {label: str(i) for i, label in enumerate(model.entry.labels)}
+    client = aioclient.InferenceServerClient(address, conn_limit=USERS)
+    try:
+        await asyncio.gather(*(user(n, client) for n in range(USERS)), poll_ready(), sigterm())
+    finally:
+        await client.close()
+    return out
+
+
+def test_triton_on_sigterm_under_load(
+    tmp_path: Path, digits: Digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Triton waits this long for its HTTP clients to leave (the default is 10 s).
+    monkeypatch.setenv("IMGSERVE_SHUTDOWN_TIMEOUT_S", "3")
+    shm_before = _triton_shm()
+    server = servers.triton(REPO_ROOT / "model_repository", ["digits"], tmp_path / "triton.log")
+    try:
+        workers = [p.pid for p in server.processes()[1:]]
+
+        async def main() -> Outcomes:
+            exited = asyncio.Event()
+            exited_at: list[float] = []
+
+            async def watch() -> None:
+                while server.process.poll() is None:
+                    await asyncio.sleep(0.02)
+                exited_at.append(time.monotonic())
+                exited.set()
+
+            watcher = asyncio.create_task(watch())
+            outcomes = await asyncio.wait_for(_triton_load_and_sigterm(server, exited, digits), 90)
+            await watcher
+            outcomes.exited_at = exited_at[0]
+            return outcomes
+
+        out = asyncio.run(main())
+        _report("triton", out)
+        log = server.log.read_text()
+        assert server.process.returncode == 0, log[-3000:]
+        kinds = out.kinds()
+        # Triton does not drain (measured; the README says how): after SIGTERM it keeps serving
+        # and stays ready while it waits, up to --exit-timeout-secs, for the clients to close
+        # their HTTP connections, which kept-alive clients never do; then it closes them under
+        # the requests they carry. So: every answer is right, and what fails is bounded by the
+        # connections open at that moment, one request each.
+        resets = sum(n for kind, n in kinds.items() if kind.startswith("reset"))
+        assert set(kinds) - {"200", "refused"} <= {k for k in kinds if k.startswith("reset")}, (
+            kinds,
+            log[-3000:],
+        )
+        assert resets <= USERS
+        assert "200" in {status for at, status in out.readyz if at > out.sigterm_at}
+        deadline = time.monotonic() + 30  # its Python backend stubs notice the exit late
+        while _alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive(workers) == [], [psutil.Process(p).cmdline() for p in _alive(workers)]
+        assert _triton_shm() - shm_before == set()
+    finally:
+        servers.stop(server)
