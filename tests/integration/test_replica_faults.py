@@ -154,14 +154,12 @@ def test_the_arbiter_respawns_a_killed_worker(tmp_path: Path, digits: Digits) ->
                     f"serving again {served_s - killed_at:.1f} s after the kill"
                 )
                 sys.stdout.write(f"\n{figures[-1]}\n")
-                # Until the new worker is ready its requests get 503 with a message (an entry
-                # worker) or wait for it (a runner); once it serves, nothing fails.
-                assert set(load.failures(killed_at)) <= {
-                    "503",
-                    "500",
-                    "ReadError",
-                    "RemoteProtocolError",
-                }
+                # Until the new worker serves, requests get 503 with a message (an entry worker
+                # loading), or wait for it in the listening socket's backlog, which the arbiter
+                # keeps open (a runner), up to the request deadline (504); those the killed
+                # worker held are lost with their connection. Once it serves, nothing fails.
+                allowed = {"503", "504", "500", "ReadError", "RemoteProtocolError"}
+                assert set(load.failures(killed_at)) <= allowed
                 assert sum(load.failures(served_s).values()) == 0
             load.stop.set()
             await running
