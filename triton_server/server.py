@@ -20,6 +20,7 @@ from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
 from runners.errors import RepositoryError
 from runners.model import LoadedModel
+from runners.modelfile import check_model_file
 from runners.repository import ModelEntry, Repository
 from runners.settings import BackendSettings
 from triton_server import model as triton_model
@@ -84,6 +85,11 @@ class TritonFrontEnd:
     def start(self) -> TritonFrontEnd:
         """Load every model, start tritonserver, and return once every model is ready."""
         settings = self.settings
+        # Every file first, before the slow part: a broken one is refused at once, with the
+        # same message on both front ends (an engine's own can be noisier: OpenVINO tries
+        # every frontend it has and logs each one's complaint about the bytes).
+        for entry in self.entries:
+            check_model_file(entry.onnx_path)
         for entry in self.entries:
             self.models[entry.name] = LoadedModel.load(entry, settings=self.backend_settings)
             logger.info(

@@ -159,7 +159,7 @@ def watch_until_exit(started: Started, probes: dict[str, str]) -> int:
 
 
 def assert_refused_clearly(started: Started, code: int, broken: Path) -> None:
-    log = started.log.read_text()
+    log = started.log.read_text(errors="replace")
     assert code == 1, log
     never_ready = [answer for _, answer in started.probes if answer and answer["ready"] == 200]
     assert not never_ready, started.probes
