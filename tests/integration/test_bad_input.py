@@ -27,7 +27,7 @@ from PIL import Image
 from offline.data import load_heldout
 from offline.digits import encode_png
 from tests.integration.bad_payloads import BOMBS, encode, malformed, odd_variants, zero_png
-from tests.integration.conftest import TEST_LIMITS, Server
+from tests.integration.conftest import REPO_ROOT, TEST_LIMITS, Server, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +35,27 @@ CLASSIFY = "/v1/classify"
 BATCH = "/v1/classify/batch"
 MAX_BODY_BYTES = int(TEST_LIMITS["IMGSERVE_MAX_BODY_BYTES"])
 ACCEPTED = "image/png, image/jpeg, image/webp, image/bmp, image/gif, application/octet-stream"
+PIXEL_CAPS = ("IMGSERVE_MAX_PIXELS", "IMGSERVE_MAX_SIDE")
+DEFAULT_MAX_PIXELS = 16_000_000
 # Decoding the smallest bomb here (9,000 x 9,000 8-bit gray) takes 81 MB, and 243 MB as RGB:
 # a tree that grows less than 40 MB while refusing every bomb has decoded none of them. What
 # the refusals do allocate (the bodies, the error answers) is a few MB at most.
 BOMB_RSS_BUDGET_BYTES = 40 * 1024 * 1024
 # The bodies sent beyond the cap: far more than the cap plus what loopback sockets buffer.
 OVERSIZED_BODY_BYTES = 64 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """TEST_LIMITS, but the default pixel caps: the 9,000 x 9,000 bomb meets the real ones."""
+    home = tmp_path_factory.mktemp("bentoml_home")
+    limits = {k: v for k, v in TEST_LIMITS.items() if k not in PIXEL_CAPS}
+    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **limits}
+    running = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
+    try:
+        yield running
+    finally:
+        stop_server(running)
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +212,8 @@ def test_bombs_are_refused_before_decoding_with_memory_flat(server, client, digi
                     assert status == 413, (name, form, error)
                     assert error["reason"] == "too_many_pixels", (name, error)
                     assert "pixels" in error["message"], (name, error)
+    # The 9,000 x 9,000 PNG is inside Pillow's own limit: the project's default cap refused it.
+    assert f"the limit is {DEFAULT_MAX_PIXELS} pixels" in error["message"], error
     print(f"bombs: peak RSS growth of the server tree {rss.growth / 2**20:.1f} MiB")
     assert rss.growth < BOMB_RSS_BUDGET_BYTES, rss.growth
     assert client.post(CLASSIFY, **as_raw(png)).status_code == 200

@@ -38,6 +38,7 @@ from tests.integration.triton_bad_input import (  # noqa: F401
     test_triton_bombs_are_refused_before_decoding_with_memory_flat,
     test_triton_grpc_message_over_the_limit_is_resource_exhausted,
     test_triton_http_json_that_does_not_parse_is_a_400,
+    test_triton_image_over_the_byte_cap_is_refused_alone,
     test_triton_malformed_images_fail_alone_with_a_message,
     test_triton_odd_but_legal_images_classify_like_plain_rgb,
     test_triton_wrong_dtype_shape_and_element_count_are_invalid_argument,

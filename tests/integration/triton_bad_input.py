@@ -200,3 +200,14 @@ def test_triton_grpc_message_over_the_limit_is_resource_exhausted(server) -> Non
     assert "larger than max" in (caught.value.details() or "")
     channel.close()
     _still_serving(server)
+
+
+def test_triton_image_over_the_byte_cap_is_refused_alone(server) -> None:
+    """max_image_bytes (default 8 MiB) holds per image: refused before Pillow sees it."""
+    big = b"\x89PNG\r\n\x1a\n" + bytes(8 * 1024 * 1024)
+    for module, client in _clients(server):
+        status, message = _refused(client, _image(module, [big]))
+        assert status in BAD, message
+        assert f"image row 0: the image is {len(big)} bytes" in message, message
+        assert "the limit is 8388608 bytes" in message
+    _still_serving(server)
