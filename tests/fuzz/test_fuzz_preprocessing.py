@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runners.settings import REPO_ROOT
 
-SECONDS = 20
+SECONDS = 15
 
 
 def test_short_campaign_finds_only_typed_errors(tmp_path: Path) -> None:
