@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["models"] = tuple(overrides["models"])
     try:
         server = TritonFrontEnd(TritonSettings(**overrides))
-        signal.signal(signal.SIGTERM, _terminate)
+
+        def terminate(signum: int, frame: FrameType | None) -> None:
+            server.remember_shared_memory()  # what PyTriton's stop may leave behind
+            _terminate(signum, frame)
+
+        signal.signal(signal.SIGTERM, terminate)
         with server:
             server.wait()
     except ServingError as exc:

@@ -9,13 +9,17 @@ the model's inference callables (one per instance of `instance_group`) run in th
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
 
+import psutil  # a dependency of BentoML's, which this project installs
 from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
 from runners.errors import RepositoryError
@@ -29,6 +33,7 @@ from triton_server.latency import LatencyMetrics, MetricsEndpoint, ModelLabels, 
 from triton_server.settings import TritonSettings
 
 logger = logging.getLogger("triton_server")
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def select_entries(repository: Repository, families: tuple[str, ...]) -> list[ModelEntry]:
@@ -42,6 +47,38 @@ def select_entries(repository: Repository, families: tuple[str, ...]) -> list[Mo
         )
     chosen = families or tuple(sorted(grouped))
     return [entry for family in chosen for entry in grouped[family].values()]
+
+
+def _become_subreaper() -> None:
+    """Linux: processes orphaned under this one (tritonserver's Python backend stubs, when
+    tritonserver exits first) become its children instead of init's, so `stop` finds them."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1) != 0:
+            logger.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+
+
+def _descendants() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _end(processes: list[psutil.Process], grace_s: float = 5.0) -> None:
+    """SIGTERM what is still running of `processes`, then SIGKILL what outlives the grace."""
+    alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if not alive:
+        return
+    logger.warning("%d processes of the server outlived it: stopping them", len(alive))
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 class TritonFrontEnd:
@@ -60,6 +97,7 @@ class TritonFrontEnd:
         self._traces: TraceReader | None = None
         self._endpoint: MetricsEndpoint | None = None
         self._lock = threading.Lock()
+        self._shared_memory: set[str] = set()
 
     @property
     def http_url(self) -> str:
@@ -129,7 +167,9 @@ class TritonFrontEnd:
                 self._start_latency_metrics(triton)
             for entry in self.entries:
                 self._bind(triton, entry)
+            _become_subreaper()
             triton.run()
+            self.remember_shared_memory()
         except BaseException:
             self.stop()
             raise
@@ -187,6 +227,16 @@ class TritonFrontEnd:
             config=triton_model.model_config(entry),
         )
 
+    def remember_shared_memory(self) -> None:
+        """Note the shared memory this process and its descendants map; call it again before
+        a stop (PyTriton stops tritonserver itself on SIGTERM, before `stop` runs). What is
+        left of it once every process has stopped belongs to nobody and is removed."""
+        for process in [psutil.Process(), *_descendants()]:
+            with contextlib.suppress(psutil.Error):
+                self._shared_memory.update(
+                    m.path for m in process.memory_maps() if m.path.startswith("/dev/shm/")
+                )
+
     def wait(self) -> None:
         """Block while the server is alive (Ctrl+C or SIGTERM ends it through `stop`)."""
         triton = self._triton
@@ -202,6 +252,18 @@ class TritonFrontEnd:
             endpoint, self._endpoint = self._endpoint, None
         if triton is not None:
             triton.stop()
+            # When clients keep their connections open, tritonserver waits the whole exit
+            # timeout, then exits "immediately" (measured: SIGSEGV), and its stubs and
+            # PyTriton's helper process can outlive it (measured under load). Nothing of the
+            # server may outlive the launcher.
+            # This process is their subreaper (see start): orphans are its children still.
+            _end(_descendants())
+            self.remember_shared_memory()
+            for path in sorted(self._shared_memory):
+                if os.path.exists(path):
+                    logger.warning("removing shared memory the server left: %s", path)
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
         if traces is not None:
             traces.stop()
         if endpoint is not None:
