@@ -61,10 +61,11 @@ def webp_declaring(width: int, height: int) -> bytes:
     return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
 
 
-def zero_png(side: int) -> bytes:
-    """A real, complete all-black gray PNG of `side` x `side`: tiny on the wire, huge decoded."""
-    rows = (b"\x00" * (side + 1)) * side  # filter byte 0, then the row's pixels
-    return png_declaring(side, side, zlib.compress(rows, 9))
+def zero_png(width: int, height: int | None = None) -> bytes:
+    """A real, complete all-black gray PNG: tiny on the wire, huge decoded."""
+    height = width if height is None else height
+    rows = (b"\x00" * (width + 1)) * height  # filter byte 0, then the row's pixels
+    return png_declaring(width, height, zlib.compress(rows, 9))
 
 
 BOMBS = {

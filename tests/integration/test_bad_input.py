@@ -216,6 +216,13 @@ def test_bombs_are_refused_before_decoding_with_memory_flat(server, client, digi
     assert f"the limit is {DEFAULT_MAX_PIXELS} pixels" in error["message"], error
     print(f"bombs: peak RSS growth of the server tree {rss.growth / 2**20:.1f} MiB")
     assert rss.growth < BOMB_RSS_BUDGET_BYTES, rss.growth
+    # The meter sees a decode: a legal 4,000 x 3,900 gray image (15.6 Mpx, under the cap) is
+    # decoded once, and the tree grows by about its 15.6 MB of pixels.
+    legal = zero_png(3900, 4000)
+    with PeakRss(server.process.pid) as control:
+        assert client.post(CLASSIFY, **as_raw(legal)).status_code == 200
+    print(f"control: one 15.6 Mpx decode grew the tree by {control.growth / 2**20:.1f} MiB")
+    assert control.growth > 10 * 2**20, control.growth
     assert client.post(CLASSIFY, **as_raw(png)).status_code == 200
 
 

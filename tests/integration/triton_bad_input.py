@@ -99,6 +99,12 @@ def test_triton_bombs_are_refused_before_decoding_with_memory_flat(server) -> No
     print(f"triton bombs: peak RSS growth of the server tree {rss.growth / 2**20:.1f} MiB")
     assert rss.growth < BOMB_RSS_BUDGET_BYTES, rss.growth
     assert "16000000 pixels" in message  # the default cap, not Pillow's own limit
+    # The meter sees a decode: one legal 15.6 Mpx gray image grows the tree by its pixels.
+    module, client = _clients(server)[0]
+    with PeakRss(root.pid) as control:
+        client.infer(MODEL, _image(module, [zero_png(3900, 4000)]))
+    print(f"triton control: one 15.6 Mpx decode grew the tree by {control.growth / 2**20:.1f} MiB")
+    assert control.growth > 10 * 2**20, control.growth
     _still_serving(server)
 
 
