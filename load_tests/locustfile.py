@@ -19,7 +19,8 @@ Triton users send 256x256 JPEGs instead of digits when `--model` is a load profi
 Load shapes (`--shape`): `users` (the default: `-u` users at once, for `-t`); `step`
 (`--step-users 1,2,4,8 --step-s 10`: one step per user count, each measured after
 `--settle-s`, written per step to `--steps-out PATH` as JSON: the capacity search reads it);
-`rate` (a constant arrival rate: the `-u` users are paced to `--rate` requests/s together):
+`rate` (a constant arrival rate: the `-u` users are paced to `--rate` requests/s together;
+with `--steps-out` it is also measured per window of `--step-s`, as steps are):
 
     .venv/bin/locust -f load_tests/locustfile.py --headless --host http://127.0.0.1:3000 \
         --shape step --step-users 1,2,4,8,16 --step-s 10 --steps-out steps.json DigitUser
@@ -32,6 +33,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -139,13 +141,17 @@ class Shape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         options = self.runner.environment.parsed_options if self.runner else None
-        if options is None or options.shape != "step":
+        windowed = options is not None and options.shape == "rate" and bool(options.steps_out)
+        if options is None or (options.shape != "step" and not windowed):
             # A shape class overrides --run-time: honour it here, or the run never ends.
             if options is not None and options.run_time and self.get_run_time() >= options.run_time:
                 return None
             users = options.num_users if options else 1
             return users, float(options.spawn_rate if options else users)
-        counts = [int(n) for n in options.step_users.split(",")]
+        if windowed:  # a constant rate measured per window of --step-s (load_tests.soak)
+            counts = [options.num_users] * max(1, math.ceil(options.run_time / options.step_s))
+        else:
+            counts = [int(n) for n in options.step_users.split(",")]
         number = int(self.get_run_time() // options.step_s)
         within = self.get_run_time() - number * options.step_s
         if self.mark is not None and (number != self.mark["step"] or number >= len(counts)):
