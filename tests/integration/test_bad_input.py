@@ -235,7 +235,7 @@ def _chunked(total: int, piece: int = 64 * 1024) -> Iterator[bytes]:
         yield frame
 
 
-def _send_until_answered(url: str, head: bytes, body: Iterator[bytes]) -> tuple[bytes, int, bool]:
+def send_until_answered(url: str, head: bytes, body: Iterator[bytes]) -> tuple[bytes, int, bool]:
     """Send `head`, then `body` piece by piece until the server answers.
 
     Returns the answer, the body bytes sent before it was seen, and whether the server then
@@ -278,14 +278,14 @@ def test_oversized_bodies_are_refused_before_they_are_read(server, route: str, k
     request = f"POST {route} HTTP/1.1\r\nHost: test\r\nContent-Type: {kind}\r\n"
     # Declared: refused from the header, nothing of the body sent.
     declared = f"{request}Content-Length: {OVERSIZED_BODY_BYTES}\r\n\r\n".encode()
-    answer, sent, closed = _send_until_answered(server.url, declared, iter(()))
+    answer, sent, closed = send_until_answered(server.url, declared, iter(()))
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     assert f"the body is {OVERSIZED_BODY_BYTES} bytes".encode() in answer
     assert closed
     # Chunked, no Content-Length: refused once the cap is crossed, and the connection closed
     # while most of the body is still unsent (the server neither buffers nor drains it).
     chunked = f"{request}Transfer-Encoding: chunked\r\n\r\n".encode()
-    answer, sent, closed = _send_until_answered(server.url, chunked, _chunked(OVERSIZED_BODY_BYTES))
+    answer, sent, closed = send_until_answered(server.url, chunked, _chunked(OVERSIZED_BODY_BYTES))
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     assert b"max_body_bytes" in answer
     assert b"connection: close" in answer.lower()

@@ -37,6 +37,7 @@ from tests.integration.conftest import REPO_ROOT, free_port
 from tests.integration.triton_bad_input import (  # noqa: F401
     test_triton_bombs_are_refused_before_decoding_with_memory_flat,
     test_triton_grpc_message_over_the_limit_is_resource_exhausted,
+    test_triton_http_body_far_over_any_image_is_refused_before_it_is_read,
     test_triton_http_json_that_does_not_parse_is_a_400,
     test_triton_image_over_the_byte_cap_is_refused_alone,
     test_triton_malformed_images_fail_alone_with_a_message,

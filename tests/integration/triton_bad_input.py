@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from offline.data import load_heldout
 from offline.digits import encode_png
 from tests.integration.bad_payloads import BOMBS, encode, malformed, odd_variants, zero_png
-from tests.integration.test_bad_input import BOMB_RSS_BUDGET_BYTES, PeakRss
+from tests.integration.test_bad_input import BOMB_RSS_BUDGET_BYTES, PeakRss, send_until_answered
 
 MODEL = "digits_fp32"
 BAD = ("400", "StatusCode.INVALID_ARGUMENT")
@@ -217,3 +217,22 @@ def test_triton_image_over_the_byte_cap_is_refused_alone(server) -> None:
         assert f"image row 0: the image is {len(big)} bytes" in message, message
         assert "the limit is 8388608 bytes" in message
     _still_serving(server)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tritonserver 2.51 has no HTTP body cap (later releases have --http-max-input-size): "
+    "it reads the whole body (measured: 1 GiB grew it by 1 GiB) and answers the zeros with 500",
+)
+def test_triton_http_body_far_over_any_image_is_refused_before_it_is_read(server) -> None:
+    total = 64 * 1024 * 1024
+    head = (
+        f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: test\r\nContent-Length: {total}\r\n\r\n"
+    ).encode()
+    piece = bytes(1024 * 1024)
+    answer, sent, _ = send_until_answered(
+        f"http://{server.http}", head, (piece for _ in range(total // len(piece)))
+    )
+    print(f"triton http: {sent} of {total} body bytes sent before the answer {answer[:40]!r}")
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:200]
+    assert sent < total // 4
