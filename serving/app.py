@@ -87,9 +87,9 @@ def create_app(settings: ServingSettings) -> FastAPI:
         response = await _answer(request, gw, endpoint, model=model, variant=variant,
                                  top_k=top_k, many=many)  # fmt: skip
         if response.status_code >= 400 and body_left_unread(request):
-            # Refused before its body was read (too large, wrong type, unknown model...): close
-            # the connection after the answer (RFC 9110 allows it for 413) rather than read and
-            # discard an upload of any size to keep the connection alive.
+            # Refused before a large body was read (too large, wrong type, unknown model...):
+            # close the connection after the answer (RFC 9110 allows it for 413) rather than
+            # read and discard an upload of any size to keep the connection alive.
             response.headers["Connection"] = "close"
         elif gw.drain.refusing:
             # Draining: close each kept-alive connection after its answer, so that its client

@@ -28,6 +28,8 @@ RAW_MEDIA_TYPES = (
 MULTIPART = "multipart/form-data"
 ACCEPTED = ", ".join((*RAW_MEDIA_TYPES, MULTIPART))
 _MAX_TEXT_FIELDS = 16
+# An unread body up to this size is read and dropped, keeping the connection alive.
+_DISCARD_MAX_BYTES = 64 * 1024
 
 
 def media_type(request: Request) -> str:
@@ -55,15 +57,18 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def body_left_unread(request: Request) -> bool:
-    """True when the request carries a body that was not (or not wholly) read.
+    """True when the request carries a large or unbounded body that was not wholly read.
 
     An answer sent then closes the connection: otherwise the HTTP server goes on reading and
-    discarding the rest (a chunked upload of any size) just to keep the connection alive.
+    discarding the rest (a chunked upload of any size) just to keep the connection alive. A
+    small body is cheaper to discard than a reconnect, so a 429 under overload stays cheap.
     """
     if getattr(request.state, "body_read", False):
         return False
-    declared = request.headers.get("content-length")
-    return "transfer-encoding" in request.headers or (declared is not None and declared != "0")
+    if "transfer-encoding" in request.headers:
+        return True
+    declared = request.headers.get("content-length", "0")
+    return not declared.isdigit() or int(declared) > _DISCARD_MAX_BYTES
 
 
 async def read_images(request: Request, max_bytes: int, max_images: int, field: str) -> list[bytes]:
