@@ -17,6 +17,7 @@ import bentoml
 from runners.errors import ServingError
 from runners.modelfile import check_model_file
 from runners.settings import BackendSettings
+from serving import loadfailure
 from serving.app import create_app
 from serving.catalog import Catalog
 from serving.drain import runner_bound_s, use_loopback_runner_sockets
@@ -49,6 +50,8 @@ def served_catalog(settings: ServingSettings, backend_settings: BackendSettings)
         if bentoml.server_context.worker_index is None:
             for served in catalog:
                 check_model_file(served.entry.onnx_path)
+            # What this check cannot see, a runner's engine can: it stops the server then.
+            loadfailure.arm()
     except ServingError as exc:
         logger.error("cannot serve %s: %s", settings.repository, exc.message)
         raise SystemExit(1) from exc

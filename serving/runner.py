@@ -14,10 +14,12 @@ from typing import Any
 import bentoml
 import numpy as np
 
+from runners.errors import ModelLoadError
 from runners.model import LoadedModel
 from runners.settings import BackendSettings
 from serving.catalog import Served
 from serving.drain import RunnerDrain
+from serving.loadfailure import stop_the_server
 from serving.metrics import metrics
 
 
@@ -53,7 +55,13 @@ def runner_service(
     class VariantRunner:
         def __init__(self) -> None:
             # Load and warm up before the worker serves: its /readyz answers only after this.
-            self.model = LoadedModel.load(entry, backend=served.backend, settings=backend_settings)
+            try:
+                self.model = LoadedModel.load(
+                    entry, backend=served.backend, settings=backend_settings
+                )
+            except ModelLoadError as exc:
+                stop_the_server(exc.message)  # not a restart loop (serving.loadfailure)
+                raise
             self.metrics = metrics()
             self.inference_ms = self.metrics.inference_ms.labels(**labels)
             self.batch_size = self.metrics.batch_size.labels(**labels)
