@@ -7,9 +7,10 @@ It starts the service (`bench.servers`), takes its capacity (`--capacity-rps`, o
 step load read the way `make compare` reads it: the best step within the model's p99 target
 with no error), warms up, then offers a constant arrival rate of `--load-fraction` (0.7) of
 that capacity with Locust (`load_tests/locustfile.py --shape rate`, `DigitUser`) in windows
-of `--window-s`. After every window it records the window's throughput, p99, failures, and
-the resident memory of the server's whole process tree (psutil), sampled every few seconds
-throughout. Pass criteria, each printed with its figure:
+of `--window-s`, all in one Locust run (the load has no gap between windows). For every
+window it records the throughput, p50/p99, failures, and the resident memory of the server's
+whole process tree (psutil), sampled every few seconds throughout. Pass criteria, each
+printed with its figure:
 
 - error ratio 0: no failed request of any kind (a shed 429/503 counts: 70% is below capacity);
 - p99 stable: the median p99 of the later half of the windows is at most 1.5× that of the
