@@ -100,7 +100,13 @@ class ImageClassifier:
         self.gateway.drain.install()
 
     async def __is_ready__(self) -> bool:
-        return self.gateway.ready and not self.gateway.drain.stopping
+        # BentoML's own runner probe after this answers a bare 500 when a runner is gone.
+        gateway = self.gateway
+        return gateway.ready and not gateway.drain.stopping and await gateway.runners_alive()
+
+    async def __is_alive__(self) -> bool:
+        # /livez also fails when a runner service is gone (see Gateway.runners_alive).
+        return await self.gateway.runners_alive()
 
 
 def _infer(proxy: Any) -> Any:

@@ -136,6 +136,19 @@ class Gateway:
         self.ready = True
         logger.info("every variant is loaded and warmed up: ready")
 
+    async def runners_alive(self) -> bool:
+        """Whether every runner service answers, once this worker has been ready.
+
+        BentoML restarts a dead runner worker itself, but not in a container
+        (BENTOML_CONTAINERIZED), where its own /livez stays 200 around a runner that is gone:
+        the kubelet would keep a pod that can only fail. While loading or draining this says
+        alive, so a liveness probe never kills a pod that is starting or stopping.
+        """
+        if not self.ready or self.drain.stopping:
+            return True
+        answers = await asyncio.gather(*(_probe(r.is_ready) for r in self.runners.values()))
+        return all(answers)
+
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
         """Bound the requests inside this worker; beyond the bound, shed at once (429)."""

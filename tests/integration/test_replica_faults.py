@@ -170,6 +170,33 @@ def test_the_arbiter_respawns_a_killed_worker(tmp_path: Path, digits: Digits) ->
         stop_server(server)
 
 
+def test_in_a_container_a_dead_runner_fails_liveness(tmp_path: Path) -> None:
+    """In a container BentoML does not respawn workers: /livez must say so, for the kubelet."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_CONTAINERIZED": "true",
+        **TEST_LIMITS,
+    }
+    server = start_server("service:ImageClassifier", REPO_ROOT, tmp_path / "server.log", env)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10.0) as client:
+            assert client.get("/livez").status_code == 200
+            (victim,) = _workers(server.process.pid, "runner_digits_int8")
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while (live := client.get("/livez")).status_code == 200:
+                assert time.monotonic() < deadline, "/livez stayed 200 around a dead runner"
+                time.sleep(0.2)
+            assert live.status_code == 503
+            assert client.get("/readyz", timeout=30.0).status_code == 503
+            assert _workers(server.process.pid, "runner_digits_int8") == []  # not respawned
+    finally:
+        stop_server(server)
+
+
 SUPERVISOR_CONF = """\
 [supervisord]
 nodaemon=true
