@@ -178,7 +178,8 @@ def triton(
     name: str = "triton",
     env: Mapping[str, str] | None = None,
 ) -> Server:
-    """`python -m triton_server` on free ports; ready when both variants of every family are."""
+    """`python -m triton_server` on free ports; ready when the server and both variants of
+    every family are (the launcher turns the server ready last, once every model is set up)."""
     ports = {key: free_port() for key in ("http", "grpc", "metrics", "latency")}
     command = [
         sys.executable,
@@ -198,7 +199,8 @@ def triton(
         str(ports["latency"]),
     ]
     url = f"http://127.0.0.1:{ports['http']}"
-    ready = [f"{url}/v2/models/{f}_{v}/ready" for f in families for v in ("fp32", "int8")]
+    ready = [f"{url}/v2/health/ready"]
+    ready += [f"{url}/v2/models/{f}_{v}/ready" for f in families for v in ("fp32", "int8")]
     server = start(name, command, ready, log, env, url=url)
     server.extra = {
         "grpc": f"127.0.0.1:{ports['grpc']}",

@@ -5,6 +5,8 @@ python -m triton_server [--http-port 8000] [--grpc-port 8001] [--metrics-port 80
                         [--repository model_repository] [--models digits ...]
 
 Flags override `IMGSERVE_*` environment variables, which override `serving.toml`.
+SIGTERM drains (not ready, `IMGSERVE_DRAIN_DELAY_S` more serving, new requests refused, the
+admitted ones answered) and exits 0; SIGINT (Ctrl+C) stops at once.
 """
 
 from __future__ import annotations
@@ -51,11 +53,6 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     return {_FLAGS[k]: v for k, v in args.items() if v is not None}
 
 
-def _terminate(_signum: int, _frame: FrameType | None) -> None:
-    # PyTriton's serve loop stops the server cleanly on KeyboardInterrupt.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -66,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = TritonFrontEnd(TritonSettings(**overrides))
 
-        def terminate(signum: int, frame: FrameType | None) -> None:
+        def terminate(_signum: int, _frame: FrameType | None) -> None:
+            # Serving: drain (triton_server.drain), then stop; a second SIGTERM changes
+            # nothing. Still loading: stop at once, as Ctrl+C (SIGINT) always does.
+            if server.serving:
+                server.request_drain()
+                return
             server.remember_shared_memory()  # what PyTriton's stop may leave behind
-            _terminate(signum, frame)
+            raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, terminate)
         with server:

@@ -5,6 +5,11 @@
   Triton error instead of an output tensor.
 - `set_trace_config`: passes `--trace-config` to tritonserver. `TritonConfig.trace_config`
   would also do that, but PyTriton then insists on an OpenTelemetry exporter.
+- `repository_access`: where the local model store is and the headers its model-repository
+  API wants (PyTriton guards that API with a token), for the readiness gates and the drain.
+- `launch` and `set_up_models`: the two halves of `Triton.run` that the launcher calls apart,
+  around its own loading (see `server.py`): `Triton.run` waits for the server to be ready
+  before it sets the models up, and the launcher's server is not ready until they are.
 - `python_library_env`: the Python backend stub links `libpython3.X.so`; on interpreters built
   outside the system (pyenv) the loader finds the system's older libpython first and the stub
   fails with `'_thread.RLock' object has no attribute '_recursion_count'`. The running
@@ -120,6 +125,36 @@ def set_trace_config(triton: Triton, settings: Sequence[str]) -> None:
     if server_config is None:
         raise RuntimeError("pytriton.triton.Triton has no _triton_server_config; cannot trace")
     server_config["trace_config"] = list(settings)
+
+
+def repository_access(triton: Triton) -> tuple[Path, dict[str, str]]:
+    """The server's local model store and the headers of its model-repository API."""
+    from pytriton.client.auth import create_auth_headers
+
+    workspace = getattr(triton, "_workspace", None)
+    store = getattr(workspace, "model_store_path", None)
+    if not isinstance(store, Path):
+        raise RuntimeError("pytriton.triton.Triton has no _workspace.model_store_path")
+    token = triton.get_access_token()
+    headers: dict[str, str] = create_auth_headers(token, "http") if token else {}
+    return store, headers
+
+
+def launch(triton: Triton) -> None:
+    """Start tritonserver; return at once (it loads its model store, then listens)."""
+    run_server = getattr(triton, "_run_server", None)
+    if run_server is None:
+        raise RuntimeError("pytriton.triton.Triton has no _run_server; cannot launch")
+    run_server()
+
+
+def set_up_models(triton: Triton) -> None:
+    """Connect each bound model's inference callables to its loaded Triton model (PyTriton's
+    handshake with the proxy in the stub), as `Triton.connect` does after its wait."""
+    manager = getattr(triton, "_model_manager", None)
+    if manager is None or not hasattr(manager, "setup_models"):
+        raise RuntimeError("pytriton.triton.Triton has no _model_manager.setup_models")
+    manager.setup_models()
 
 
 def python_library_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:

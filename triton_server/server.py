@@ -5,6 +5,8 @@
 
 PyTriton starts the `tritonserver` binary it ships, with one Python-backend model per entry;
 the model's inference callables (one per instance of `instance_group`) run in this process.
+`request_drain` (what SIGTERM calls) makes `wait` drain the server (`triton_server.drain`)
+and return; leaving the `with` block stops it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -27,13 +30,17 @@ from runners.model import LoadedModel
 from runners.modelfile import check_model_file
 from runners.repository import ModelEntry, Repository
 from runners.settings import BackendSettings
+from triton_server import drain as triton_drain
 from triton_server import model as triton_model
-from triton_server import pytriton_compat
+from triton_server import pytriton_compat, readiness
 from triton_server.latency import LatencyMetrics, MetricsEndpoint, ModelLabels, TraceReader
 from triton_server.settings import TritonSettings
 
 logger = logging.getLogger("triton_server")
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+WAIT_POLL_S = 0.05  # how soon `wait` notices a drain request
+EXIT_LINGER_S = 1
+STARTUP_TIMEOUT_S = 120.0  # tritonserver live; the loading gate's own load and unload
 
 
 def select_entries(repository: Repository, families: tuple[str, ...]) -> list[ModelEntry]:
@@ -65,12 +72,27 @@ def _descendants() -> list[psutil.Process]:
         return []
 
 
+def _own_resource_tracker(process: psutil.Process) -> bool:
+    """This process's multiprocessing resource tracker (PyTriton's tensor store starts it):
+    it ignores SIGTERM by design and exits when this process does, as its pipe closes."""
+    try:
+        return process.ppid() == os.getpid() and (
+            "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+        )
+    except psutil.Error:
+        return False
+
+
 def _end(processes: list[psutil.Process], grace_s: float = 5.0) -> None:
     """SIGTERM what is still running of `processes`, then SIGKILL what outlives the grace."""
     alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     if not alive:
         return
-    logger.warning("%d processes of the server outlived it: stopping them", len(alive))
+    logger.warning(
+        "%d processes of the server outlived it: stopping them (%s)",
+        len(alive),
+        "; ".join(f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in alive),
+    )
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.terminate()
@@ -98,6 +120,8 @@ class TritonFrontEnd:
         self._endpoint: MetricsEndpoint | None = None
         self._lock = threading.Lock()
         self._shared_memory: set[str] = set()
+        self._drain_requested: float | None = None
+        self._serving = False
 
     @property
     def http_url(self) -> str:
@@ -121,23 +145,15 @@ class TritonFrontEnd:
         return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
     def start(self) -> TritonFrontEnd:
-        """Load every model, start tritonserver, and return once every model is ready."""
+        """Start tritonserver (live, not ready), load and warm every model, and return once
+        the server is ready: every model ready, nothing still loading behind it."""
         settings = self.settings
         # Every file first, before the slow part: a broken one is refused at once, with the
         # same message on both front ends (an engine's own can be noisier: OpenVINO tries
         # every frontend it has and logs each one's complaint about the bytes).
         for entry in self.entries:
             check_model_file(entry.onnx_path)
-        for entry in self.entries:
-            self.models[entry.name] = LoadedModel.load(entry, settings=self.backend_settings)
-            logger.info(
-                "loaded %s (%s, %s) with %s",
-                entry.name,
-                entry.family,
-                entry.variant,
-                self.models[entry.name].backend.name,
-            )
-        # The server process (and the stub it starts) inherit this process's environment.
+        # The server process (and the stubs it starts) inherit this process's environment.
         os.environ.update(pytriton_compat.python_library_env())
         triton = Triton(
             config=TritonConfig(
@@ -147,28 +163,61 @@ class TritonFrontEnd:
                 grpc_port=settings.triton_grpc_port,
                 metrics_address=settings.triton_host,
                 metrics_port=settings.triton_metrics_port,
-                exit_timeout_secs=settings.shutdown_timeout_s,
+                # tritonserver's own wait for its HTTP clients to leave before it closes their
+                # connections: after a drain nothing is in flight, and kept-alive clients
+                # would hold it for the whole timeout.
+                exit_timeout_secs=EXIT_LINGER_S,
+                # The loading gate's load fails on purpose (triton_server.readiness).
+                exit_on_error=False,
             ),
-            # Ready means every model is ready. PyTriton's default starts tritonserver with
-            # an empty repository and loads the models into it afterwards, and an empty
-            # server answers /v2/health/ready 200 (measured: 200 for ~6 s while both digits
-            # models' ready endpoints answered 400). With the models written to a local store
-            # first, tritonserver loads them all before it opens a port: its endpoints come
-            # up, live and ready together, only when every model is READY. Nothing listens
-            # while the models load (as with NVIDIA's own tritonserver): give a Kubernetes
-            # pod a startupProbe for the load time, not a liveness probe that kills it.
+            # Live at once, ready only when every model is ready and warm. PyTriton's default
+            # starts tritonserver with an empty store and loads the models into it afterwards,
+            # and an empty server answers /v2/health/ready 200 (measured: 200 for ~6 s while
+            # both digits models' ready endpoints answered 400); with its models in the store
+            # at start-up, tritonserver opens no port until they are loaded. So tritonserver
+            # starts with the loading gate alone in a local store (live, not ready), the
+            # engines load and warm meanwhile, then the models go into the store and are
+            # loaded through the repository API, and the gate is opened last.
             triton_lifecycle_policy=TritonLifecyclePolicy(
                 launch_triton_on_startup=True, local_model_store=True
             ),
         )
         self._triton = triton
         try:
+            store, headers = pytriton_compat.repository_access(triton)
+            repository = readiness.TritonRepository(self.http_url, headers)
+            readiness.write_gate(store, readiness.LOADING)
             if settings.latency_metrics_port:
-                self._start_latency_metrics(triton)
+                self._trace_latency(triton)
+            _become_subreaper()
+            pytriton_compat.launch(triton)
+            repository.wait_live(STARTUP_TIMEOUT_S, running=triton.is_alive)
+            logger.info(
+                "tritonserver live on %s, not ready until every model is loaded and warm "
+                "(its error about %r is the readiness gate: triton_server/readiness.py)",
+                self.http_url,
+                readiness.LOADING,
+            )
+            for entry in self.entries:
+                self.models[entry.name] = LoadedModel.load(entry, settings=self.backend_settings)
+                logger.info(
+                    "loaded %s (%s, %s) with %s",
+                    entry.name,
+                    entry.family,
+                    entry.variant,
+                    self.models[entry.name].backend.name,
+                )
+            self._start_latency_metrics()
             for entry in self.entries:
                 self._bind(triton, entry)
-            _become_subreaper()
-            triton.run()
+                status, answer = repository.load(entry.name)
+                if status != 200:
+                    raise RuntimeError(f"tritonserver could not load {entry.name}: {answer}")
+                # Its callables connected at once: the model's own ready endpoint is 200 now.
+                pytriton_compat.set_up_models(triton)
+            readiness.open_loading_gate(repository, store, STARTUP_TIMEOUT_S)
+            triton.connect()  # waits for ready; logs the models' endpoints
+            self._serving = True
             self.remember_shared_memory()
         except BaseException:
             self.stop()
@@ -183,16 +232,12 @@ class TritonFrontEnd:
         )
         return self
 
-    def _start_latency_metrics(self, triton: Triton) -> None:
+    def _trace_latency(self, triton: Triton) -> None:
+        """Before tritonserver starts: where it writes its request traces."""
         settings = self.settings
-        labels = {
-            name: ModelLabels(m.entry.family, m.entry.variant, m.backend.name)
-            for name, m in self.models.items()
-        }
         self._traces = TraceReader(
-            Path(tempfile.mkdtemp(prefix="imgserve-traces-")), self.metrics, labels
+            Path(tempfile.mkdtemp(prefix="imgserve-traces-")), self.metrics, {}
         )
-        self._traces.start()
         pytriton_compat.set_trace_config(
             triton,
             [
@@ -203,8 +248,20 @@ class TritonFrontEnd:
                 f"triton,log-frequency={settings.latency_trace_flush_every}",
             ],
         )
+
+    def _start_latency_metrics(self) -> None:
+        """Once the engines are loaded (their names label the histograms)."""
+        if self._traces is None:
+            return
+        self._traces.labels.update(
+            {
+                name: ModelLabels(m.entry.family, m.entry.variant, m.backend.name)
+                for name, m in self.models.items()
+            }
+        )
+        self._traces.start()
         self._endpoint = MetricsEndpoint(
-            self.metrics, settings.triton_host, settings.latency_metrics_port
+            self.metrics, self.settings.triton_host, self.settings.latency_metrics_port
         )
 
     def _bind(self, triton: Triton, entry: ModelEntry) -> None:
@@ -237,15 +294,56 @@ class TritonFrontEnd:
                     m.path for m in process.memory_maps() if m.path.startswith("/dev/shm/")
                 )
 
+    @property
+    def serving(self) -> bool:
+        """Started and ready, or draining after `request_drain` (plain flags: read in a
+        signal handler)."""
+        return self._serving or self._drain_requested is not None
+
+    def request_drain(self) -> None:
+        """Make `wait` drain the server and return; safe in a signal handler (it only notes
+        the time). A second request is ignored: the first drain goes on."""
+        if self._drain_requested is None:
+            self._drain_requested = time.monotonic()
+
     def wait(self) -> None:
-        """Block while the server is alive (Ctrl+C or SIGTERM ends it through `stop`)."""
+        """Block while the server is alive; after `request_drain`, drain it and return."""
         triton = self._triton
         if triton is None:
             raise RuntimeError("the server is not started")
-        triton.serve()
+        while triton.is_alive():
+            if self._drain_requested is not None:
+                self.drain(self._drain_requested)
+                return
+            time.sleep(WAIT_POLL_S)
+
+    def drain(self, started: float) -> bool:
+        """Not ready, serve `drain_delay_s` more, refuse new requests, answer the admitted
+        ones (`triton_server.drain`); True when every admitted request was answered."""
+        triton = self._triton
+        if triton is None:
+            return True
+        self.remember_shared_memory()  # the stubs of unloaded models exit during the drain
+        store, headers = pytriton_compat.repository_access(triton)
+        try:
+            return triton_drain.drain(
+                readiness.TritonRepository(self.http_url, headers),
+                store,
+                [entry.name for entry in self.entries],
+                delay_s=self.settings.drain_delay_s,
+                timeout_s=self.settings.shutdown_timeout_s,
+                started=started,
+            )
+        except (OSError, RuntimeError) as exc:
+            # Typically: tritonserver got the signal too (a signal to the whole process
+            # group) and is stopping on its own; it no longer takes new connections.
+            logger.warning("could not drain (%s): stopping now", exc)
+            return False
 
     def stop(self) -> None:
-        """Stop Triton (in-flight requests get shutdown_timeout_s), then the metrics."""
+        """Stop Triton at once (after a drain nothing is in flight; without one, tritonserver
+        gives its HTTP clients EXIT_LINGER_S), then the metrics."""
+        self._serving = False
         with self._lock:
             triton, self._triton = self._triton, None
             traces, self._traces = self._traces, None
@@ -257,7 +355,7 @@ class TritonFrontEnd:
             # PyTriton's helper process can outlive it (measured under load). Nothing of the
             # server may outlive the launcher.
             # This process is their subreaper (see start): orphans are its children still.
-            _end(_descendants())
+            _end([p for p in _descendants() if not _own_resource_tracker(p)])
             self.remember_shared_memory()
             for path in sorted(self._shared_memory):
                 if os.path.exists(path):

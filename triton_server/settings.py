@@ -52,7 +52,17 @@ class TritonSettings(ProjectSettings):
         default=100, ge=1, description="Traces Triton buffers before writing them out."
     )
     shutdown_timeout_s: int = Field(
-        default=10, ge=0, description="On stop, wait this long for in-flight requests."
+        default=10,
+        ge=0,
+        description="After SIGTERM, wait at most this long for the admitted requests to be "
+        "answered and the models unloaded (the drain), then stop.",
+    )
+    drain_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="After SIGTERM, seconds the server keeps serving with /v2/health/ready "
+        "false before it refuses new requests and drains (a Kubernetes preStop sleep plays "
+        "this part). The same IMGSERVE_DRAIN_DELAY_S as the BentoML entry's.",
     )
     max_image_bytes: int = Field(
         default=8 * 1024 * 1024, gt=0, description="Cap on one encoded image."

@@ -152,8 +152,9 @@ def server(
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
             try:
-                # The server is ready before PyTriton has loaded its models: wait for each.
-                ready = [
+                # The server turns ready last, once every model is loaded and set up.
+                ready = [client.get(f"http://{running.http}/v2/health/ready").status_code]
+                ready += [
                     client.get(f"http://{running.http}/v2/models/{e.name}/ready").status_code
                     for e in repository
                 ]
