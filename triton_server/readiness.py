@@ -41,7 +41,7 @@ SHUTTING_DOWN = "server_shutting_down"
 REQUEST_TIMEOUT_S = 10.0
 POLL_S = 0.05
 
-_GATE_CONFIG = """\
+GATE_CONFIG = """\
 name: "{name}"
 backend: "python"
 max_batch_size: 0
@@ -49,7 +49,7 @@ input [ {{ name: "unused" data_type: TYPE_BOOL dims: [ 1 ] }} ]
 output [ {{ name: "unused_out" data_type: TYPE_BOOL dims: [ 1 ] }} ]
 instance_group [ {{ kind: KIND_CPU count: 1 }} ]
 """
-_GATE_MODEL = '''\
+GATE_MODEL = '''\
 """A readiness gate of the imgserve launcher (triton_server/readiness.py), not a model."""
 
 import triton_python_backend_utils as pb_utils
@@ -127,7 +127,7 @@ def write_gate(model_store: Path, name: str) -> None:
     """A gate's folder in the model store: a config, no version (its load fails)."""
     folder = model_store / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.pbtxt").write_text(_GATE_CONFIG.format(name=name))
+    (folder / "config.pbtxt").write_text(GATE_CONFIG.format(name=name))
 
 
 def close_gate(repository: TritonRepository, model_store: Path, name: str) -> bool:
@@ -144,7 +144,7 @@ def open_loading_gate(repository: TritonRepository, model_store: Path, timeout_s
     """Load the loading gate with a version, then unload it: it no longer holds readiness."""
     version = model_store / LOADING / "1"
     version.mkdir(parents=True, exist_ok=True)
-    (version / "model.py").write_text(_GATE_MODEL)
+    (version / "model.py").write_text(GATE_MODEL)
     for call in (repository.load, repository.unload):
         status, answer = call(LOADING)
         if status != 200:
