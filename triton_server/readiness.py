@@ -10,12 +10,13 @@ API (PyTriton guards that API with a token; the launcher holds it).
 So readiness is steered with gate models in PyTriton's local model store, which only the
 launcher writes:
 
-- `LOADING`: tritonserver starts with it alone in the store, as a folder with a config and
-  no version. Loading it fails at once (no stub process starts) and holds the server not
-  ready, though live and listening, while the launcher loads and warms the engines and then
-  the real models. `open_loading_gate` gives it a version (a Python model that answers
-  nothing), loads it and unloads it: unloaded on purpose, it no longer counts, and the server
-  is ready once every real model is.
+- `LOADING` (`LoadingGate`): tritonserver starts with it alone in the store, as a folder
+  with a config and no version. Loading it fails at once (no stub process starts) and holds
+  the server not ready, though live and listening. Then the gate gets a version, a Python
+  model whose load lasts until the launcher lets it go, and is loaded in the background: its
+  stub starts while the launcher loads and warms the engines and then the real models. Once
+  every real model is set up, the launcher lets it go and unloads it: unloaded on purpose, it
+  no longer counts, and the server is ready.
 - `SHUTTING_DOWN`: written and loaded at SIGTERM (`triton_server.drain`), versionless for
   good: not ready until the process exits.
 
@@ -25,8 +26,10 @@ tritonserver logs each gate's failed load as an error (E... "failed to load
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +42,7 @@ logger = logging.getLogger("triton_server")
 LOADING = "server_loading"
 SHUTTING_DOWN = "server_shutting_down"
 REQUEST_TIMEOUT_S = 10.0
+LOAD_TIMEOUT_S = 600.0  # a model's load: its stubs start, one per instance
 POLL_S = 0.05
 
 GATE_CONFIG = """\
@@ -50,16 +54,33 @@ output [ {{ name: "unused_out" data_type: TYPE_BOOL dims: [ 1 ] }} ]
 instance_group [ {{ kind: KIND_CPU count: 1 }} ]
 """
 GATE_MODEL = '''\
-"""A readiness gate of the imgserve launcher (triton_server/readiness.py), not a model."""
+"""A readiness gate of the imgserve launcher (triton_server/readiness.py), not a model.
+
+Its load lasts until the launcher writes `open` into the model's folder (or this stub's
+parent, tritonserver, is gone): while it loads, the server is not ready.
+"""
+
+import os
+import time
+from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        opened = Path(args["model_repository"]) / "{opened}"
+        parent = os.getppid()
+        while not opened.exists():
+            if os.getppid() != parent:
+                raise RuntimeError("tritonserver is gone")
+            time.sleep({poll_s})
+
     def execute(self, requests):
         error = pb_utils.TritonError("a readiness gate, not a model")
         return [pb_utils.InferenceResponse(error=error) for _ in requests]
 '''
+OPENED = "open"
 
 
 class TritonRepository:
@@ -69,7 +90,9 @@ class TritonRepository:
         self.url = url.rstrip("/")
         self.headers = dict(headers)
 
-    def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def _call(
+        self, method: str, path: str, body: Any = None, timeout_s: float = REQUEST_TIMEOUT_S
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.url + path,
@@ -78,7 +101,7 @@ class TritonRepository:
             headers={**self.headers, "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
@@ -97,7 +120,8 @@ class TritonRepository:
         return self._call("GET", "/v2/health/ready")[0] == 200
 
     def load(self, model: str) -> tuple[int, Any]:
-        return self._call("POST", f"/v2/repository/models/{model}/load", {})
+        """Returns once the model is loaded (or failed to)."""
+        return self._call("POST", f"/v2/repository/models/{model}/load", {}, LOAD_TIMEOUT_S)
 
     def unload(self, model: str) -> tuple[int, Any]:
         return self._call("POST", f"/v2/repository/models/{model}/unload", {})
@@ -140,17 +164,57 @@ def close_gate(repository: TritonRepository, model_store: Path, name: str) -> bo
     return True
 
 
-def open_loading_gate(repository: TritonRepository, model_store: Path, timeout_s: float) -> None:
-    """Load the loading gate with a version, then unload it: it no longer holds readiness."""
-    version = model_store / LOADING / "1"
-    version.mkdir(parents=True, exist_ok=True)
-    (version / "model.py").write_text(GATE_MODEL)
-    for call in (repository.load, repository.unload):
-        status, answer = call(LOADING)
+class LoadingGate:
+    """The `LOADING` gate: closed before tritonserver starts, loading (still not ready) from
+    the moment the server is live, opened and unloaded once every real model is set up.
+
+    The gate's own Python stub starts while the launcher loads the engines and the models,
+    and its load lasts until `open`: by then it costs only its unload.
+    """
+
+    def __init__(self, repository: TritonRepository, model_store: Path) -> None:
+        self.repository = repository
+        self.folder = model_store / LOADING
+        self._loader: threading.Thread | None = None
+        self._answer: tuple[int, Any] | None = None
+
+    def close(self) -> None:
+        """Before tritonserver starts: the versionless gate it loads (and fails) at start-up."""
+        write_gate(self.folder.parent, LOADING)
+
+    def start_loading(self) -> None:
+        """Once tritonserver is live: give the gate a version and load it in the background."""
+        version = self.folder / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        (version / "model.py").write_text(GATE_MODEL.format(opened=OPENED, poll_s=POLL_S))
+
+        def load() -> None:
+            try:
+                self._answer = self.repository.load(LOADING)
+            except OSError as exc:  # the load goes on in tritonserver; `open` watches it
+                self._answer = (0, str(exc))
+
+        self._loader = threading.Thread(target=load, name="loading-gate", daemon=True)
+        self._loader.start()
+
+    def let_go(self) -> None:
+        """End the gate's load (also when the launcher stops before it opens the gate)."""
+        with contextlib.suppress(OSError):
+            (self.folder / OPENED).touch()
+
+    def open(self, timeout_s: float) -> None:
+        """Let the gate's load end, then unload it: unloaded on purpose, it no longer holds
+        readiness, and the server is ready once every real model is."""
+        self.let_go()
+        deadline = time.monotonic() + timeout_s
+        while "READY" not in self.repository.states().get(LOADING, set()):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"readiness gate {LOADING} not loaded after {timeout_s} s")
+            time.sleep(POLL_S)
+        status, answer = self.repository.unload(LOADING)
         if status != 200:
-            raise RuntimeError(f"readiness gate {LOADING}: {call.__name__} answered {answer}")
-    deadline = time.monotonic() + timeout_s
-    while repository.states().get(LOADING, set()) - {"UNAVAILABLE"}:
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"readiness gate {LOADING} still unloading after {timeout_s} s")
-        time.sleep(POLL_S)
+            raise RuntimeError(f"readiness gate {LOADING}: unload answered {answer}")
+        while self.repository.states().get(LOADING, set()) - {"UNAVAILABLE"}:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"readiness gate {LOADING} still unloading after {timeout_s} s")
+            time.sleep(POLL_S)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -122,6 +123,7 @@ class TritonFrontEnd:
         self._shared_memory: set[str] = set()
         self._drain_requested: float | None = None
         self._serving = False
+        self._gate: readiness.LoadingGate | None = None
 
     @property
     def http_url(self) -> str:
@@ -186,12 +188,15 @@ class TritonFrontEnd:
         try:
             store, headers = pytriton_compat.repository_access(triton)
             repository = readiness.TritonRepository(self.http_url, headers)
-            readiness.write_gate(store, readiness.LOADING)
+            gate = readiness.LoadingGate(repository, store)
+            self._gate = gate
+            gate.close()
             if settings.latency_metrics_port:
                 self._trace_latency(triton)
             _become_subreaper()
             pytriton_compat.launch(triton)
             repository.wait_live(STARTUP_TIMEOUT_S, running=triton.is_alive)
+            gate.start_loading()
             logger.info(
                 "tritonserver live on %s, not ready until every model is loaded and warm "
                 "(its error about %r is the readiness gate: triton_server/readiness.py)",
@@ -210,14 +215,18 @@ class TritonFrontEnd:
             self._start_latency_metrics()
             for entry in self.entries:
                 self._bind(triton, entry)
-                status, answer = repository.load(entry.name)
+            # Loaded together, as tritonserver loads its store at start-up.
+            names = [entry.name for entry in self.entries]
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                answers = list(pool.map(repository.load, names))
+            for name, (status, answer) in zip(names, answers, strict=True):
                 if status != 200:
-                    raise RuntimeError(f"tritonserver could not load {entry.name}: {answer}")
-                # Its callables connected at once: the model's own ready endpoint is 200 now.
-                pytriton_compat.set_up_models(triton)
-            readiness.open_loading_gate(repository, store, STARTUP_TIMEOUT_S)
-            triton.connect()  # waits for ready; logs the models' endpoints
+                    raise RuntimeError(f"tritonserver could not load {name}: {answer}")
+            pytriton_compat.set_up_models(triton)
+            # From the moment readiness can turn 200, SIGTERM drains (after `start`).
             self._serving = True
+            gate.open(STARTUP_TIMEOUT_S)
+            triton.connect()  # waits for ready; logs the models' endpoints
             self.remember_shared_memory()
         except BaseException:
             self.stop()
@@ -344,6 +353,8 @@ class TritonFrontEnd:
         """Stop Triton at once (after a drain nothing is in flight; without one, tritonserver
         gives its HTTP clients EXIT_LINGER_S), then the metrics."""
         self._serving = False
+        if self._gate is not None:
+            self._gate.let_go()  # a gate still loading would hold tritonserver's exit
         with self._lock:
             triton, self._triton = self._triton, None
             traces, self._traces = self._traces, None

@@ -27,4 +27,5 @@ def test_a_gate_is_a_parsable_config_without_a_version(tmp_path: Path, name: str
 
 
 def test_the_loading_gates_model_compiles() -> None:
-    compile(readiness.GATE_MODEL, "model.py", "exec")
+    source = readiness.GATE_MODEL.format(opened=readiness.OPENED, poll_s=readiness.POLL_S)
+    compile(source, "model.py", "exec")
