@@ -54,10 +54,10 @@ _PATCHED = (
 )
 
 
-# Instances of one model start in parallel when tritonserver loads its repository at start-up
-# (see `server.py`); the first creates a handshake socket the others wait for, 1 s by
+# Instances of one model start in parallel when tritonserver loads it (`server.py` loads the
+# models together); the first creates a handshake socket the others wait for, 1 s by
 # default, and on a busy two-core machine that was too short (measured: "Timeout occurred
-# while waiting for config file", and tritonserver refused to start).
+# while waiting for config file", and the model failed to load).
 _HANDSHAKE_ANCHOR = (
     "inference_handler_config = get_config_from_handshake_server(handshake_socket)\n"
 )
