@@ -295,8 +295,9 @@ class TritonFrontEnd:
 
     def remember_shared_memory(self) -> None:
         """Note the shared memory this process and its descendants map; call it again before
-        a stop (PyTriton stops tritonserver itself on SIGTERM, before `stop` runs). What is
-        left of it once every process has stopped belongs to nobody and is removed."""
+        processes exit (a drain unloads the models, whose stubs exit; SIGTERM during `start`
+        stops at once). What is left of it once every process has stopped belongs to nobody
+        and is removed."""
         for process in [psutil.Process(), *_descendants()]:
             with contextlib.suppress(psutil.Error):
                 self._shared_memory.update(
@@ -305,8 +306,8 @@ class TritonFrontEnd:
 
     @property
     def serving(self) -> bool:
-        """Started and ready, or draining after `request_drain` (plain flags: read in a
-        signal handler)."""
+        """Far enough into `start` that readiness can turn 200 (SIGTERM then drains), or
+        draining after `request_drain`; plain flags, read in a signal handler."""
         return self._serving or self._drain_requested is not None
 
     def request_drain(self) -> None:
