@@ -21,7 +21,7 @@ from starlette.responses import Response
 from runners.errors import BadInput, NotFound, ServingError
 from serving.bodies import body_left_unread, read_images
 from serving.fastpath import FastPath
-from serving.gateway import Gateway, prediction_dicts
+from serving.gateway import Gateway
 from serving.metrics import UNKNOWN, render_latest
 from serving.openapi import BATCH_EXAMPLE, CLASSIFY_EXAMPLE, batch_body, classify_body, responses
 from serving.settings import ServingSettings
@@ -138,16 +138,14 @@ def create_app(settings: ServingSettings) -> FastAPI:
                         {"index": i, "status": result.http_status, "error": result.to_dict()}
                     )
                 else:
-                    slots.append(
-                        {"index": i, "status": 200, "predictions": prediction_dicts(result)}
-                    )
+                    slots.append({"index": i, "status": 200, "predictions": result})
             body["results"] = slots
         else:
             result = results[0]
             if isinstance(result, ServingError):
                 gw.metrics.outcome(labels, endpoint, result)
                 return error_response(result)
-            body["predictions"] = prediction_dicts(result)
+            body["predictions"] = result
         gw.metrics.outcome(labels, endpoint, None)
         gw.metrics.request_duration_ms.labels(**labels, endpoint=endpoint).observe(
             (time.perf_counter() - start) * 1000

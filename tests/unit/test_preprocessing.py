@@ -20,6 +20,7 @@ from runners.preprocessing import (
     ImageLimits,
     PreprocessSpec,
     decode_and_preprocess,
+    decode_and_preprocess_many,
     decode_image,
     preprocess_image,
 )
@@ -440,3 +441,25 @@ def test_invert_comes_before_scale_and_normalisation() -> None:
     np.testing.assert_allclose(decode_and_preprocess(data, spec)[0], expected, rtol=1e-5)
     plain = pixels_of(data, 2, 2, color_mode="L", invert=True)[:, :, 0]
     np.testing.assert_array_equal(plain, 255 - pixels.astype(np.float32))
+
+
+# --- the images of one request ---------------------------------------------------------------
+
+
+def test_many_images_decode_as_one_each_and_fail_in_their_own_slots() -> None:
+    spec = PreprocessSpec(height=8, width=8, color_mode="L", mean=(0.5,), std=(0.25,))
+    good = [
+        encode(Image.new("L", (8, 8), 30), "PNG"),  # plain PNG
+        encode(Image.fromarray(quadrants(8, 8)), "JPEG", quality=90),
+        encode(Image.new("RGBA", (16, 4), (9, 99, 199, 128)), "PNG"),  # resized, alpha
+    ]
+    images = [good[0], b"", good[1], b"not an image", good[2]]
+    batch, failures = decode_and_preprocess_many(images, spec, ImageLimits())
+    assert batch.shape == (3, 1, 8, 8) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    for sample, data in zip(batch, good, strict=True):
+        np.testing.assert_array_equal(sample, decode_and_preprocess(data, spec))
+    assert [type(f).__name__ if f else None for f in failures] == [
+        None, "EmptyInput", None, "ImageDecodeError", None,
+    ]  # fmt: skip
+    empty, none = decode_and_preprocess_many([b"x"], spec)
+    assert empty.shape == (0, 1, 8, 8) and isinstance(none[0], ImageDecodeError)
