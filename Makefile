@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve compare observe dashboards fuzz soak clean
+.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve bench-overload compare observe dashboards fuzz soak clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -86,6 +86,12 @@ bench-raw: profiles
 BENCH_ARGS ?=
 bench-serve: profiles
 	$(PY) -m bench.serve --repository $(REPO) $(BENCH_ARGS)
+
+## bench-overload: the service offered 2.5x its measured capacity, fixed admission limit vs the
+## latency bound (accepted p99 client- and server-side, shed ratio, CPU); results/bench-overload.json
+OVERLOAD_ARGS ?=
+bench-overload: models
+	$(PY) -m bench.overload $(OVERLOAD_ARGS)
 
 ## compare: the Locust comparison matrix (variants x batching x replicas x front ends x models)
 ## with capacity at the p99 target; report in results/<timestamp>/ (builds the load profiles only

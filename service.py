@@ -24,6 +24,7 @@ from serving.drain import runner_bound_s, use_loopback_runner_sockets
 from serving.gateway import Gateway, Runner
 from serving.runner import quiet, runner_service
 from serving.settings import ServingSettings
+from serving.shedding import ShedEarly
 
 # BentoML's server logging shows warnings only, but its own lifecycle lines at INFO: the
 # service's lifecycle lines (ready, draining on SIGTERM) are as useful to an operator.
@@ -132,3 +133,9 @@ ImageClassifier = bentoml.service(  # type: ignore[misc]
     traffic={"timeout": settings.request_timeout_s + 5},
     **quiet(settings.trace_requests),
 )(bentoml.asgi_app(app, path="/")(ImageClassifier))
+if settings.early_shedding:  # ImageClassifier is a bentoml.Service by now
+    ImageClassifier.add_asgi_middleware(  # type: ignore[attr-defined]
+        ShedEarly,
+        gateway=lambda: getattr(app.state, "gateway", None),
+        retry_after_s=settings.retry_after_s,
+    )

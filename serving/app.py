@@ -111,15 +111,15 @@ def create_app(settings: ServingSettings) -> FastAPI:
         start = time.perf_counter()
         labels = UNKNOWN
         try:
-            with gw.admit():
-                served = gw.catalog.resolve(model, variant)
-                labels = served.labels
-                with gw.metrics.in_flight.labels(**labels).track_inprogress():
-                    _check_query(request)
-                    limit = settings.max_images_per_request if many else 1
-                    field = "images" if many else "image"
-                    images = await read_images(request, settings.max_body_bytes, limit, field)
-                    results = await gw.classify(served, images, top_k or settings.top_k)
+            # Resolved first, so that a request shed at admission is counted under its variant.
+            served = gw.catalog.resolve(model, variant)
+            labels = served.labels
+            with gw.admit(), gw.metrics.in_flight.labels(**labels).track_inprogress():
+                _check_query(request)
+                limit = settings.max_images_per_request if many else 1
+                field = "images" if many else "image"
+                images = await read_images(request, settings.max_body_bytes, limit, field)
+                results = await gw.classify(served, images, top_k or settings.top_k)
         except ServingError as exc:
             gw.metrics.outcome(labels, endpoint, exc)
             return error_response(exc, settings.retry_after_s)

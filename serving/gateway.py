@@ -21,6 +21,7 @@ import numpy as np
 
 from runners.errors import NotReady, Overloaded, ServingError
 from runners.preprocessing import decode_and_preprocess_many
+from serving.admission import MEAN_SHARE, LatencyBound
 from serving.catalog import Catalog, Served
 from serving.coalescer import Coalescer
 from serving.drain import EntryDrain
@@ -78,6 +79,12 @@ class Gateway:
         self.ready = False
         self._in_flight = 0
         self._limits = settings.image_limits
+        self.bound = LatencyBound(
+            settings.latency_target_ms / 1000,
+            settings.max_concurrent_requests,
+            floor=settings.min_concurrent_requests,
+        )
+        self.metrics.admission_limit.set(self.bound.limit)
         # Each request has its deadline; the second covers writing the last answers.
         self.drain = EntryDrain(
             settings.drain_delay_s, settings.request_timeout_s + 1.0, lambda: self._in_flight
@@ -157,21 +164,52 @@ class Gateway:
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
-        """Bound the requests inside this worker; beyond the bound, shed at once (429)."""
+        """Bound the requests inside this worker (`serving.admission`); beyond it, 429 at once.
+
+        The time an admitted request spends inside is what the bound learns from, taken only
+        from requests answered without error (a request refused for bad input is no measure
+        of how fast the worker answers).
+        """
         self.drain.check_admission()
         if not self.ready:
             raise NotReady("the models are still loading; retry when /readyz answers 200")
-        limit = self.settings.max_concurrent_requests
-        if self._in_flight >= limit:
-            raise Overloaded(
-                f"{self._in_flight} requests are in progress and the limit is {limit} "
-                "(max_concurrent_requests); retry later"
-            )
+        bound = self.bound
+        if self._in_flight >= bound.limit:
+            raise self.refuse()
         self._in_flight += 1
+        start = time.perf_counter()
         try:
             yield
         finally:
             self._in_flight -= 1
+        limit = bound.limit  # reached only when the request raised nothing
+        bound.completed(time.perf_counter() - start)
+        if bound.limit != limit:
+            self.metrics.admission_limit.set(bound.limit)
+
+    def at_limit(self) -> bool:
+        """Whether `admit` would shed a request now (`serving.shedding` asks before routing)."""
+        return self.ready and not self.drain.stopping and self._in_flight >= self.bound.limit
+
+    def refuse(self) -> Overloaded:
+        """The error of one request shed at the limit (counted by the bound)."""
+        self.bound.shed()
+        return Overloaded(self._shed_message())
+
+    def _shed_message(self) -> str:
+        bound = self.bound
+        if bound.limit >= bound.ceiling:
+            return (
+                f"{self._in_flight} requests are in progress and the limit is {bound.limit} "
+                "(max_concurrent_requests); retry later"
+            )
+        return (
+            f"{self._in_flight} requests are in progress and the limit is {bound.limit}: "
+            f"{bound.rate:.0f} answers/s x {MEAN_SHARE:g} x the "
+            f"{bound.target_s * 1000:g} ms latency target (latency_target_ms; at most "
+            f"max_concurrent_requests {bound.ceiling}), so that admitted requests are "
+            "answered within the target; retry later"
+        )
 
     async def decode(
         self, served: Served, images: list[bytes]

@@ -40,6 +40,7 @@ class Metrics:
     requests: Any
     predictions: Any
     in_flight: Any
+    admission_limit: Any
 
     def outcome(self, labels: dict[str, str], endpoint: str, error: ServingError | None) -> None:
         """Count one finished request (or one failed image of a batch request)."""
@@ -122,6 +123,13 @@ def metrics() -> Metrics:
             "imgserve_in_flight_requests",
             "Classify requests inside the entry service now, per served variant.",
             VARIANT_LABELS,
+            multiprocess_mode="livesum",
+        ),
+        # Summed over live entry workers: below max_concurrent_requests x workers, the latency
+        # bound is shedding (serving.admission).
+        admission_limit=Gauge(
+            "imgserve_admission_limit",
+            "Requests the entry service admits at once now, summed over its workers.",
             multiprocess_mode="livesum",
         ),
     )

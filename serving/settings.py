@@ -59,6 +59,24 @@ class ServingSettings(ProjectSettings):
         ge=1,
         description="Requests inside one entry worker at once; beyond it: 429 at once.",
     )
+    latency_target_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="Latency target of the entry worker: under a standing queue it admits "
+        "answers/s x target / 2 requests at once, below max_concurrent_requests "
+        "(serving.admission); 0: max_concurrent_requests alone.",
+    )
+    min_concurrent_requests: int = Field(
+        default=32,
+        ge=1,
+        description="The latency bound never admits fewer at once: a load this concurrent is "
+        "within capacity and is not shed when shared cores slow the worker down.",
+    )
+    early_shedding: bool = Field(
+        default=True,
+        description="Refuse classify requests over the admission limit before BentoML's "
+        "middleware stack (serving.shedding); False: at admission only, for comparisons.",
+    )
     request_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline of one request; past it the answer is 504."
     )

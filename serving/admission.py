@@ -1,0 +1,102 @@
+"""The entry worker's admission bound: as many requests as it can answer within the target.
+
+A fixed count of requests in progress is the wrong bound on its own: what a count admits is
+a wait, and the wait depends on how fast the worker answers (1,024 admitted requests at
+~1,000 answers/s is a queue of a second). Little's law turns the latency target into a
+count: a worker that completes X requests per second and holds L of them in progress keeps
+each for L / X seconds on average, so L = X × target × MEAN_SHARE holds the mean time inside
+the worker to a share of the target, leaving the rest for the tail and for the time a
+request spends before the handler sees it.
+
+When that bound applies is CoDel's rule (Nichols and Jacobson, "Controlling Queue Delay",
+ACM Queue 2012; used for server request queues in "Fail at Scale", ACM Queue 2015): a
+queue is standing, not a passing burst, when even the fastest request of a whole interval
+took longer than the target. Only then is the Little's-law count applied; until then the
+bound is the fixed ceiling (`max_concurrent_requests`), so load within capacity and bursts
+are never shed. It stays applied while it still sheds; an interval that completes without
+shedding a single request (demand fits under the count) lifts it again. It never goes below
+a floor (`min_concurrent_requests`): on cores shared with other work the worker slows down
+for a while with no excess load at all, and a load that concurrent is within capacity.
+
+No maintained Python library does this for an asyncio server (the PyPI packages found are
+client-side AIMD throttles for calls to rate-limited APIs; Netflix's concurrency-limits is
+Java, Envoy's adaptive-concurrency filter C++), so it is this small class. Every method is
+O(1) and runs on the worker's event loop: no lock, no thread.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+# Of the latency target, the share the mean time inside the worker may use (see above).
+MEAN_SHARE = 0.5
+# CoDel's interval: long enough to hold many completions at load, short enough to react.
+INTERVAL_S = 0.1
+# Fewer completions than this in an interval say nothing about a standing queue.
+MIN_SAMPLES = 8
+# Weight of the newest interval's completion rate in its moving average.
+RATE_WEIGHT = 0.3
+
+
+class LatencyBound:
+    """Requests admitted at once: a ceiling, lowered to rate × target under a standing queue."""
+
+    def __init__(
+        self,
+        target_s: float,
+        ceiling: int,
+        floor: int = 1,
+        interval_s: float = INTERVAL_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """`target_s` 0 turns the bound off: the ceiling alone applies, as before."""
+        self.target_s = target_s
+        self.ceiling = ceiling
+        self.floor = min(floor, ceiling)
+        self.interval_s = interval_s
+        self._clock = clock
+        self.limit = ceiling
+        self.engaged = False
+        self.rate = 0.0  # completions per second, moving average over intervals
+        self._start = clock()
+        self._completions = 0
+        self._fastest = math.inf
+        self._shed = False
+
+    def completed(self, latency_s: float) -> None:
+        """One admitted request answered after `latency_s` inside the worker."""
+        if not self.target_s:
+            return
+        self._completions += 1
+        self._fastest = min(self._fastest, latency_s)
+        now = self._clock()
+        if now - self._start >= self.interval_s:
+            self._close_interval(now)
+
+    def shed(self) -> None:
+        """One request refused because `limit` was reached."""
+        self._shed = True
+
+    def _close_interval(self, now: float) -> None:
+        elapsed = now - self._start
+        if elapsed <= 2 * self.interval_s:  # a gap (idle worker) is no measurement of rate
+            rate = self._completions / elapsed
+            self.rate = rate if not self.rate else self.rate + RATE_WEIGHT * (rate - self.rate)
+            standing = self._completions >= MIN_SAMPLES and self._fastest > self.target_s
+            if standing:
+                self.engaged = True
+            elif not self._shed:
+                self.engaged = False
+        else:
+            self.engaged = False
+        if self.engaged:
+            count = math.ceil(self.rate * self.target_s * MEAN_SHARE)
+            self.limit = max(self.floor, min(self.ceiling, count))
+        else:
+            self.limit = self.ceiling
+        self._start = now
+        self._completions = 0
+        self._fastest = math.inf
+        self._shed = False
