@@ -272,9 +272,14 @@ def run(args: argparse.Namespace, work: Path) -> Report:
     try:
         for mode in modes:
             name = mode.name.replace(" ", "_")
+            # A home each: a BentoML server clears the metrics folder under its home as it
+            # starts, which would blank the other server's histograms.
+            home = work / f"{name}-home"
+            home.mkdir()
             started[mode.name] = servers.bentoml(
-                "service:ImageClassifier", work / f"{name}.log", mode.env, name=name
-            )
+                "service:ImageClassifier", work / f"{name}.log",
+                {**mode.env, "BENTOML_HOME": str(home)}, name=name,
+            )  # fmt: skip
         for number in range(args.rounds):
             for mode in modes:
                 result = one_round(started[mode.name], mode.name, args, images)
