@@ -7,7 +7,7 @@ free loopback ports, it starts the BentoML service twice (digits, the default mo
   (`IMGSERVE_LATENCY_TARGET_MS=0`, `max_concurrent_requests` 1024 unless `--fixed-limit`),
   refused at admission (`IMGSERVE_EARLY_SHEDDING=false`);
 - `now`: the default settings: the latency bound (`serving.admission`: answers/s x target / 2
-  under a standing queue, target 50 ms) and refusal before BentoML's stack
+  under a standing queue, target 100 ms, floor 64) and refusal before BentoML's stack
   (`serving.shedding`);
 - `early` (on request, `--modes before,early,now`): the fixed count, refused early.
 

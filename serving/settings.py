@@ -59,15 +59,23 @@ class ServingSettings(ProjectSettings):
         ge=1,
         description="Requests inside one entry worker at once; beyond it: 429 at once.",
     )
+    # Twice the 50 ms p99 objective, and a floor of 64: with 50 ms and 32, a CI machine whose
+    # cores the load generator shared stalled long enough at 70% of capacity for every answer
+    # of an interval to take over 50 ms, and the count then applied (32, about the requests in
+    # progress at that load) kept shedding: 11% of a soak within capacity. With 100 ms a
+    # standing queue takes a stall of twice that, and 64 is twice the concurrency at that load;
+    # under a real overload the queue passes 100 ms within a few intervals, and the 2.5x
+    # benchmark (bench.overload) measured accepted p99 no worse than with 50 ms and 32.
     latency_target_ms: float = Field(
-        default=50.0,
+        default=100.0,
         ge=0,
-        description="Latency target of the entry worker: under a standing queue it admits "
-        "answers/s x target / 2 requests at once, below max_concurrent_requests "
-        "(serving.admission); 0: max_concurrent_requests alone.",
+        description="Queueing the entry worker tolerates: under a standing queue (the fastest "
+        "answer of a 100 ms interval slower than this) it admits answers/s x target / 2 "
+        "requests at once, below max_concurrent_requests (serving.admission); "
+        "0: max_concurrent_requests alone.",
     )
     min_concurrent_requests: int = Field(
-        default=32,
+        default=64,
         ge=1,
         description="The latency bound never admits fewer at once: a load this concurrent is "
         "within capacity and is not shed when shared cores slow the worker down.",
