@@ -54,6 +54,8 @@ from offline.digits import encode_png
 
 # grpcio blocks the whole gevent loop unless told to cooperate: one gRPC user at a time.
 grpc.experimental.gevent.init_gevent()
+# A request Triton never answers fails as DEADLINE_EXCEEDED instead of holding its user.
+GRPC_TIMEOUT_S = 30.0
 
 PNG = {"Content-Type": "image/png"}
 JPEG = {"Content-Type": "image/jpeg"}
@@ -456,7 +458,9 @@ class TritonGrpcUser(User):
         start = time.perf_counter()
         error: Exception | None = None
         try:
-            answer = self.client.infer(self.model, [image], outputs=self.outputs)
+            answer = self.client.infer(
+                self.model, [image], outputs=self.outputs, client_timeout=GRPC_TIMEOUT_S
+            )
             labels = answer.as_numpy("label")
             CHECKS.statuses["OK"] += 1
             if labels is None:
