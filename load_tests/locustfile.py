@@ -468,7 +468,9 @@ class TritonGrpcUser(User):
             _count(labels.reshape(-1)[0].decode(), label)
         except InferenceServerException as exc:
             CHECKS.statuses[str(exc.status() or "error")] += 1
-            error = exc
+            # Its repr is a bare `InferenceServerException()`: Locust's failures CSV would
+            # lose the status and the server's message.
+            error = RuntimeError(f"{exc.status()}: {exc.message()}")
         except ValueError as exc:
             error = exc
         self.environment.events.request.fire(

@@ -45,7 +45,9 @@ def test_every_cell_measured_without_errors(report: Path) -> None:
     } | {("triton-grpc", 1, False), ("baseline", 1, False)}  # fmt: skip
     for cell in cells:
         assert cell.keys() >= PLANNER_FIELDS
-        assert cell["errors"] == 0, cell["key"]
+        # On failure, say what failed: the Locust failures CSVs carry status and message.
+        failures = [f.read_text() for f in (report / "locust").glob(cell["key"] + "*_failures.csv")]
+        assert cell["errors"] == 0, (cell["key"], failures)
         assert cell["requests"] > 0, cell["key"]
         # The coarse steps, and any finer ones the capacity search added between them.
         assert {2, 8} <= {s["users"] for s in cell["steps"]}, cell["key"]
