@@ -106,6 +106,8 @@ class Replica:
             try:
                 array = self._array(request)
             except ServingError as exc:
+                # Triton logs no request it answers with an error: say which and why here.
+                logger.info("%s: request refused: %s", self.model.entry.name, exc.message)
                 slots.append(exc)
                 continue
             slots.append((rows, rows + len(array)))
