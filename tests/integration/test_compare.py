@@ -46,7 +46,8 @@ def test_every_cell_measured_without_errors(report: Path) -> None:
     for cell in cells:
         assert cell.keys() >= PLANNER_FIELDS
         # On failure, say what failed: the Locust failures CSVs carry status and message.
-        failures = [f.read_text() for f in (report / "locust").glob(cell["key"] + "*_failures.csv")]
+        prefix = report / cell["csv_prefix"]
+        failures = [f.read_text() for f in prefix.parent.glob(prefix.name + "*_failures.csv")]
         assert cell["errors"] == 0, (cell["key"], failures)
         assert cell["requests"] > 0, cell["key"]
         # The coarse steps, and any finer ones the capacity search added between them.
