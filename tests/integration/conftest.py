@@ -39,7 +39,28 @@ class Server:
 def start_server(
     target: str, cwd: Path, log: Path, env: Mapping[str, str], timeout_s: float = 90.0
 ) -> Server:
-    """`bentoml serve TARGET` in its own process group; returns once /readyz answers 200."""
+    """`bentoml serve TARGET` in its own process group; returns once /readyz answers 200.
+
+    The free port is free when chosen, not when the arbiter binds it: it can be taken in
+    between, by another process or by the server's own runner sockets, which BentoML binds
+    first on loopback ports the kernel chooses (seen once: "Could not bind 127.0.0.1:P").
+    That start is retried on another port.
+    """
+    for _ in range(2):
+        try:
+            return _start_server(target, cwd, log, env, timeout_s)
+        except PortTaken:
+            pass
+    return _start_server(target, cwd, log, env, timeout_s)
+
+
+class PortTaken(RuntimeError):
+    """The arbiter could not bind the port it was given."""
+
+
+def _start_server(
+    target: str, cwd: Path, log: Path, env: Mapping[str, str], timeout_s: float
+) -> Server:
     port = free_port()
     started = time.monotonic()
     with log.open("wb") as out:
@@ -55,7 +76,10 @@ def start_server(
     with httpx.Client(base_url=server.url, timeout=2.0) as client:
         while time.monotonic() - started < timeout_s:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+                text = log.read_text()
+                if f"Could not bind 127.0.0.1:{port}" in text:
+                    raise PortTaken(text)
+                raise RuntimeError(f"server exited with {process.returncode}:\n{text}")
             try:
                 ready = client.get("/readyz").status_code
                 server.readyz_codes.append(ready)
