@@ -21,6 +21,7 @@ from serving import loadfailure
 from serving.app import create_app
 from serving.catalog import Catalog
 from serving.drain import runner_bound_s, use_loopback_runner_sockets
+from serving.fastpath import FastPath
 from serving.gateway import Gateway, Runner
 from serving.runner import quiet, runner_service
 from serving.settings import ServingSettings
@@ -123,29 +124,41 @@ def _infer(proxy: Any) -> Any:
     return infer
 
 
-def shed_first(service_class: type[Any]) -> type[Any]:
-    """The entry service's class, with `ShedEarly` outside BentoML's whole ASGI stack.
+def serve_first(service_class: type[Any]) -> type[Any]:
+    """The entry service's class, with the classify routes served outside BentoML's ASGI stack.
 
-    `add_asgi_middleware` puts a middleware inside BentoML's own (its error handler, its
-    OpenTelemetry and timeout middleware: a task, a future and a timer per request), which a
-    refused request then pays for on the one event loop that answers the admitted requests
-    too: measured with `python -m bench.refusal`, ~270-300 us of the entry worker's CPU per
-    429 there, ~235 us here. `to_asgi`, the method BentoML's worker calls to build the app
-    it serves, is wrapped instead. A refused request skips BentoML's tracing span and CORS
+    BentoML serves the mounted app inside its own middleware (its error handler, its
+    OpenTelemetry and timeout middleware: a task, a future and a timer per request, its
+    context middleware, its router and mount, then the FastAPI app's own), and
+    `add_asgi_middleware` adds to the inside of that. On the entry worker's one event loop
+    that stack costs every request: measured with `python -m bench.refusal`, 502 us of the
+    entry worker's CPU per 429 refused after it, ~270-300 us refused by `ShedEarly` inside
+    it, ~235 us outside it. So `to_asgi`, the method BentoML's worker calls to build the app
+    it serves, is wrapped: `ShedEarly` first, then `FastPath`, which answers a well-formed
+    classify POST with the same handler the FastAPI route calls (so the same answers,
+    errors, metrics and deadline: the handler's own, earlier than BentoML's traffic timeout).
+    Everything else (health, metrics, OpenAPI, odd queries) goes through BentoML's stack as
+    before. With request tracing on, classify requests keep BentoML's OpenTelemetry span:
+    the fast path is then left inside. A refused or fast-path request skips BentoML's CORS
     headers (none configured here).
     """
 
-    class ShedFirst(service_class):
+    class ServeFirst(service_class):
         __slots__ = ()  # the same layout: an instance can take this class
 
         def to_asgi(self, is_main: bool = True) -> Any:
-            return ShedEarly(
-                super().to_asgi(is_main),
-                gateway=lambda: getattr(app.state, "gateway", None),
-                retry_after_s=settings.retry_after_s,
-            )
+            served: Any = super().to_asgi(is_main)
+            if not settings.trace_requests:
+                served = FastPath(served, answer=app.state.answer, owner=app)
+            if settings.early_shedding:
+                served = ShedEarly(
+                    served,
+                    gateway=lambda: getattr(app.state, "gateway", None),
+                    retry_after_s=settings.retry_after_s,
+                )
+            return served
 
-    return ShedFirst
+    return ServeFirst
 
 
 def _probe(proxy: Any) -> Any:
@@ -164,6 +177,5 @@ ImageClassifier = bentoml.service(  # type: ignore[misc]
     traffic={"timeout": settings.request_timeout_s + 5},
     **quiet(settings.trace_requests),
 )(bentoml.asgi_app(app, path="/")(ImageClassifier))
-if settings.early_shedding:
-    _service: Any = ImageClassifier  # a bentoml.Service by now
-    _service.__class__ = shed_first(type(_service))
+_service: Any = ImageClassifier  # a bentoml.Service by now
+_service.__class__ = serve_first(type(_service))

@@ -8,6 +8,7 @@ One handler turns every `ServingError` into `{error, reason, message}` with its 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from runners.errors import BadInput, NotFound, ServingError
+from runners.errors import BadInput, DeadlineExceeded, NotFound, ServingError
 from serving.bodies import body_left_unread, read_images
 from serving.fastpath import FastPath
 from serving.gateway import Gateway
@@ -118,7 +119,16 @@ def create_app(settings: ServingSettings) -> FastAPI:
                 _check_query(request)
                 limit = settings.max_images_per_request if many else 1
                 field = "images" if many else "image"
-                images = await read_images(request, settings.max_body_bytes, limit, field)
+                # A body that stops arriving must not hold its connection and admission slot
+                # for ever: the request's deadline covers reading it too.
+                try:
+                    async with asyncio.timeout(settings.request_timeout_s):
+                        images = await read_images(request, settings.max_body_bytes, limit, field)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"the request body did not arrive within the "
+                        f"{settings.request_timeout_s:g} s deadline"
+                    ) from None
                 results = await gw.classify(served, images, top_k or settings.top_k)
         except ServingError as exc:
             gw.metrics.outcome(labels, endpoint, exc)
@@ -226,6 +236,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         return error_response(exc, settings.retry_after_s)
 
     app.add_middleware(FastPath, answer=answer)
+    app.state.answer = answer  # for a FastPath outside the app (service.serve_first)
     return app
 
 

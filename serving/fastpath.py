@@ -7,6 +7,10 @@ answers a well-formed POST to the classify routes by calling the very handler th
 routes call; anything else — other routes, and any query a fast check cannot accept as
 valid — goes on into the app, whose validation then produces the documented error. The app
 stays a FastAPI app, so its OpenAPI document (and BentoML's, which merges it) is unchanged.
+
+The entry service puts a second one outside BentoML's own middleware stack
+(`service.serve_first`), which costs about as much again: the requests it answers never
+reach the inner one, which still serves an app run without BentoML (tests, tracing on).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -58,17 +63,23 @@ def parse_query(query_string: bytes) -> dict[str, Any] | None:
 class FastPath:
     """Middleware: classify POSTs straight to the handler, the rest into the app."""
 
-    def __init__(self, app: ASGIApp, answer: Answer) -> None:
+    def __init__(self, app: ASGIApp, answer: Answer, owner: Starlette | None = None) -> None:
+        """`owner`: the app whose handler `answer` is, when this wraps more than that app
+        (BentoML's stack around it: `service.serve_first`); its requests then carry it as
+        `scope["app"]`, as they would have inside it."""
         self.app = app
         self.answer = answer
+        self.owner = owner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
             route = ROUTES.get(path)
             query = parse_query(scope.get("query_string", b"")) if route else None
-            initialised = getattr(scope["app"].state, "gateway", None) is not None
+            owner = self.owner or scope["app"]
+            initialised = getattr(owner.state, "gateway", None) is not None
             if route is not None and query is not None and initialised:
+                scope["app"] = owner
                 endpoint, many = route
                 response = await self.answer(Request(scope, receive), endpoint, many=many, **query)
                 await response(scope, receive, send)

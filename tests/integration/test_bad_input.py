@@ -294,6 +294,23 @@ def test_oversized_bodies_are_refused_before_they_are_read(server, route: str, k
     print(f"{route} chunked: 413 seen after {sent} body bytes sent of {OVERSIZED_BODY_BYTES}")
 
 
+def test_a_body_that_stops_arriving_is_answered_504_at_the_deadline(server) -> None:
+    """A client that declares a body and stops sending it holds neither its connection nor
+    an admission slot past the request's deadline (10 s, `request_timeout_s`)."""
+    head = f"POST {CLASSIFY} HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + bytes(10))
+        started = time.monotonic()
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
+    assert b"the request body did not arrive within the 10 s deadline" in answer
+    assert 9 < waited < 20, waited
+
+
 def test_oversized_multipart_and_json_bodies(client, digits) -> None:
     big = bytes(MAX_BODY_BYTES + 1)
     assert_named_4xx(
