@@ -18,6 +18,18 @@ shedding a single request (demand fits under the count) lifts it again. It never
 a floor (`min_concurrent_requests`): on cores shared with other work the worker slows down
 for a while with no excess load at all, and a load that concurrent is within capacity.
 
+What the bound cannot see from inside the worker is the wait before a request reaches it:
+on the entry's one event loop, a request is read only when the loop gets to it, and under
+overload the loop spends its core on the requests it admits and on refusing the rest. Once
+the loop has no time to spare, requests arrive faster than it reads them and the excess
+waits in the kernel's socket queues (measured by `bench.overload`: accepted p99 5.5 s as the
+client saw it, 250 ms inside the worker). So the loop's own load is a second signal: over an
+interval in which it shed and its thread was busy (CPU time, not wall time) nearly all the
+time, the count is cut by a headroom factor, below the floor if need be, until the loop has
+time to spare; each interval without that, the factor grows back. CPU time, because a worker
+stalled by other processes on its cores (a busy CI machine) lags with its thread idle: that
+is no reason to shed, and the floor still holds then.
+
 No maintained Python library does this for an asyncio server (the PyPI packages found are
 client-side AIMD throttles for calls to rate-limited APIs; Netflix's concurrency-limits is
 Java, Envoy's adaptive-concurrency filter C++), so it is this small class. Every method is
@@ -38,6 +50,13 @@ INTERVAL_S = 0.1
 MIN_SAMPLES = 8
 # Weight of the newest interval's completion rate in its moving average.
 RATE_WEIGHT = 0.3
+# The loop thread's busy share (CPU time / wall time) at which it has no headroom left.
+SATURATED = 0.9
+# The headroom factor: cut by this in each saturated interval that sheds, at least MIN, ...
+HEADROOM_CUT = 0.7
+MIN_HEADROOM = 0.05
+# ... and grown back by this in each interval that is not.
+HEADROOM_GAIN = 0.1
 
 
 class LatencyBound:
@@ -48,19 +67,28 @@ class LatencyBound:
         target_s: float,
         ceiling: int,
         floor: int = 1,
+        *,
         interval_s: float = INTERVAL_S,
         clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
-        """`target_s` 0 turns the bound off: the ceiling alone applies, as before."""
+        """`target_s` 0 turns the bound off: the ceiling alone applies, as before.
+
+        `cpu_clock`: the CPU time of the thread that calls `completed` (the event loop's).
+        """
         self.target_s = target_s
         self.ceiling = ceiling
         self.floor = min(floor, ceiling)
         self.interval_s = interval_s
         self._clock = clock
+        self._cpu_clock = cpu_clock
         self.limit = ceiling
         self.engaged = False
         self.rate = 0.0  # completions per second, moving average over intervals
+        self.busy = 0.0  # the loop thread's busy share in the last interval
+        self.headroom = 1.0
         self._start = clock()
+        self._cpu_start = cpu_clock()
         self._completions = 0
         self._fastest = math.inf
         self._shed = False
@@ -81,22 +109,31 @@ class LatencyBound:
 
     def _close_interval(self, now: float) -> None:
         elapsed = now - self._start
+        cpu_now = self._cpu_clock()
         if elapsed <= 2 * self.interval_s:  # a gap (idle worker) is no measurement of rate
             rate = self._completions / elapsed
             self.rate = rate if not self.rate else self.rate + RATE_WEIGHT * (rate - self.rate)
+            self.busy = (cpu_now - self._cpu_start) / elapsed
             standing = self._completions >= MIN_SAMPLES and self._fastest > self.target_s
             if standing:
                 self.engaged = True
             elif not self._shed:
                 self.engaged = False
+            if self._shed and self.busy >= SATURATED:
+                self.headroom = max(MIN_HEADROOM, self.headroom * HEADROOM_CUT)
+            else:
+                self.headroom = min(1.0, self.headroom + HEADROOM_GAIN)
         else:
             self.engaged = False
+            self.headroom = 1.0
         if self.engaged:
-            count = math.ceil(self.rate * self.target_s * MEAN_SHARE)
-            self.limit = max(self.floor, min(self.ceiling, count))
+            count = math.ceil(self.rate * self.target_s * MEAN_SHARE * self.headroom)
+            floor = self.floor if self.headroom >= 1.0 else 1
+            self.limit = max(floor, min(self.ceiling, count))
         else:
             self.limit = self.ceiling
         self._start = now
+        self._cpu_start = cpu_now
         self._completions = 0
         self._fastest = math.inf
         self._shed = False

@@ -82,3 +82,53 @@ def test_target_zero_is_the_fixed_limit_alone() -> None:
     bound = LatencyBound(0.0, 48, clock=clock)
     run(bound, clock, per_s=1000, latency_s=0.5, seconds=1)
     assert (bound.limit, bound.engaged) == (48, False)
+
+
+class ThreadCpu:
+    """The loop thread's CPU time: busy for `share` of each second the wall clock moves."""
+
+    def __init__(self, wall: Clock, share: float) -> None:
+        self.wall = wall
+        self.share = share
+
+    def __call__(self) -> float:
+        return self.wall.now * self.share
+
+
+def test_a_saturated_loop_that_sheds_cuts_the_count_below_the_floor_then_recovers() -> None:
+    clock = Clock()
+    cpu = ThreadCpu(clock, share=1.0)
+    bound = LatencyBound(TARGET_S, CEILING, floor=64, clock=clock, cpu_clock=cpu)
+    run(bound, clock, per_s=1000, latency_s=0.3, seconds=0.5)  # a standing queue: engaged
+    assert bound.limit == 64  # 1000/s x 25 ms = 25: the floor
+    # Overload with the loop's thread busy all the time: the excess waits unread in the
+    # kernel, which only more headroom on the loop drains; the count goes below the floor.
+    run(bound, clock, per_s=1000, latency_s=0.3, seconds=0.5, shed=True)
+    assert bound.busy == pytest.approx(1.0)
+    assert bound.limit < 64
+    lowest = bound.limit
+    # The loop has time to spare again (it still sheds): the factor grows back, the floor too.
+    cpu.share = 0.5
+    run(bound, clock, per_s=1000, latency_s=0.3, seconds=1.5, shed=True)
+    assert bound.headroom == 1.0 and bound.limit == 64 > lowest
+    # Nothing shed for an interval: the ceiling.
+    run(bound, clock, per_s=1000, latency_s=0.02, seconds=0.25)
+    assert (bound.limit, bound.engaged) == (CEILING, False)
+
+
+def test_a_stalled_worker_keeps_the_floor() -> None:
+    """Lagging with its thread idle (other processes on its cores): no reason to cut."""
+    clock = Clock()
+    bound = LatencyBound(TARGET_S, CEILING, floor=64, clock=clock,
+                         cpu_clock=ThreadCpu(clock, share=0.2))  # fmt: skip
+    run(bound, clock, per_s=1000, latency_s=0.3, seconds=1, shed=True)
+    assert (bound.engaged, bound.headroom, bound.limit) == (True, 1.0, 64)
+
+
+def test_saturated_without_shedding_is_no_reason_to_cut() -> None:
+    """A loop busy with the load it admits (a closed loop at capacity) sheds nothing."""
+    clock = Clock()
+    bound = LatencyBound(TARGET_S, CEILING, floor=64, clock=clock,
+                         cpu_clock=ThreadCpu(clock, share=1.0))  # fmt: skip
+    run(bound, clock, per_s=1000, latency_s=0.3, seconds=1)
+    assert (bound.headroom, bound.limit) == (1.0, 64)
