@@ -234,10 +234,19 @@ def measure(
     generator_cpu = 0.0
     for number in range(args.rounds):
         for contender in chosen:
+            prefix = work / f"round{number}" / contender.name.replace(" ", "_")
             result = run_locust(
                 started[contender.server].url, contender.user, args.users, args.round_s,
-                work / f"round{number}" / contender.name.replace(" ", "_"), contender.options,
+                prefix, contender.options,
             )  # fmt: skip
+            if result.errors:  # what failed: the run's folder is gone after the benchmark
+                for failures in prefix.parent.glob(prefix.name + "*_failures.csv"):
+                    log.warning("%s failures:\n%s", contender.name, failures.read_text())
+                server_log = started[contender.server].log.read_text(errors="replace")
+                refused = [line for line in server_log.splitlines() if "refused" in line]
+                shown = "".join(f"\n  {line}" for line in refused[-5:])
+                log.warning("%s: the server logged %d refusals%s", contender.name, len(refused),
+                            shown)  # fmt: skip
             generator_cpu += result.generator_cpu_s
             results[contender.name].append(result)
             log.info(
