@@ -2,9 +2,13 @@
 
 Run: `make bench-raw` (or `.venv/bin/python -m bench.raw --help`). For each model family x
 variant x backend x batch size it prints images/s and p50/p99 latency, then the INT8 / FP32
-throughput ratio per backend and batch size, and the INT8 file size as a share of FP32.
-FP32 and INT8 are timed in alternating rounds (median round), so a burst of other load on
-this shared machine cannot favour one of them. Writes everything to JSON.
+and BF16 / FP32 throughput ratios per backend and batch size, and the INT8 file size as a
+share of FP32. BF16 is the FP32 file on OpenVINO with its BF16 hint, measured on every CPU
+that has AMX-BF16 or AVX512-BF16 whether or not a bf16 variant was published (this is the
+measurement that says whether it pays); ONNX Runtime has no BF16 mode on x86. The variants
+of one backend are timed in alternating rounds (median round), so a burst of other load on
+this shared machine cannot favour one of them. The CPU (model and the instruction sets
+that decide speed) heads the output and the JSON.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import logging
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from bench.timing import Timing, time_interleaved
-from runners.backends import BACKENDS, create_backend
-from runners.repository import Repository
+from runners.backends import BACKENDS, Backend, create_backend
+from runners.precision import CpuInfo, this_cpu
+from runners.repository import ModelEntry, Repository
 from runners.settings import REPO_ROOT, BackendSettings
 
 log = logging.getLogger(__name__)
@@ -36,14 +41,32 @@ class Ratio(BaseModel):
     family: str
     backend: str
     batch_size: int
-    int8_over_fp32: float
+    variant: str = Field(description="int8 or bf16, over FP32 on the same backend.")
+    over_fp32: float
 
 
 class Report(BaseModel):
     machine: str
+    cpu: CpuInfo
     rows: list[Row]
     ratios: list[Ratio]
     int8_file_share: dict[str, float]
+    bf16: str = Field(description="Measured, or why BF16 was not measured on this CPU.")
+
+
+def _engines(variants: dict[str, ModelEntry], backend: str) -> dict[str, Backend]:
+    """The family's variants on one backend, loaded side by side; BF16 from the FP32 file
+    where this backend can run it here, published or not."""
+    files = {variant: (entry.onnx_path, variant) for variant, entry in variants.items()}
+    if "fp32" in variants:
+        files.setdefault("bf16", (variants["fp32"].onnx_path, "bf16"))
+    engines: dict[str, Backend] = {}
+    for variant, (path, precision) in sorted(files.items()):
+        if BACKENDS[backend].unsupported(precision) is not None:  # type: ignore[arg-type]
+            continue
+        engines[variant] = create_backend(backend, path, BackendSettings(), precision)  # type: ignore[arg-type]
+        engines[variant].load()
+    return engines
 
 
 def run(
@@ -56,6 +79,7 @@ def run(
     round_s: float,
 ) -> Report:
     from offline.card import describe_machine
+    from runners.backends.openvino_backend import OpenVINOBackend
 
     repo = Repository(repository)
     rows: list[Row] = []
@@ -70,12 +94,9 @@ def run(
             )
         unbatched = any(e.batching.max_batch_size == 0 for e in variants.values())
         for backend in backends:
-            # Both variants loaded side by side and timed in alternating rounds, so the
-            # INT8 / FP32 ratio is measured under the same conditions.
-            engines = {}
-            for variant, entry in sorted(variants.items()):
-                engines[variant] = create_backend(backend, entry.onnx_path, BackendSettings())
-                engines[variant].load()
+            # The variants loaded side by side and timed in alternating rounds, so the
+            # INT8 / FP32 and BF16 / FP32 ratios are measured under the same conditions.
+            engines = _engines(variants, backend)
             for size in [1] if unbatched else batch_sizes:
                 timings = time_interleaved(engines, size, rounds=rounds, round_s=round_s)
                 for variant, timing in timings.items():
@@ -89,16 +110,25 @@ def run(
     index = {(r.family, r.variant, r.backend, r.timing.batch_size): r for r in rows}
     for (family, variant, backend, size), row in index.items():
         fp32 = index.get((family, "fp32", backend, size))
-        if variant == "int8" and fp32 is not None:
+        if variant != "fp32" and fp32 is not None:
             ratios.append(
                 Ratio(
                     family=family,
                     backend=backend,
                     batch_size=size,
-                    int8_over_fp32=row.timing.images_per_s / fp32.timing.images_per_s,
+                    variant=variant,
+                    over_fp32=row.timing.images_per_s / fp32.timing.images_per_s,
                 )
             )
-    return Report(machine=describe_machine(), rows=rows, ratios=ratios, int8_file_share=shares)
+    why_not = OpenVINOBackend.unsupported("bf16")
+    return Report(
+        machine=describe_machine(),
+        cpu=this_cpu(),
+        rows=rows,
+        ratios=sorted(ratios, key=lambda r: (r.family, r.variant, r.backend, r.batch_size)),
+        int8_file_share=shares,
+        bf16="measured on OpenVINO" if why_not is None else f"not measured: {why_not}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds,
         round_s=args.round_s,
     )
-    log.info("\nINT8 / FP32 throughput, same run (%s):", report.machine)
+    log.info("\nINT8 / FP32 and BF16 / FP32 throughput, same run (%s):", report.machine)
     for ratio in report.ratios:
         log.info(
-            "  %-12s %-11s batch %3d  %5.2fx",
-            ratio.family, ratio.backend, ratio.batch_size, ratio.int8_over_fp32,
+            "  %-12s %-4s / fp32  %-11s batch %3d  %5.2fx",
+            ratio.family, ratio.variant, ratio.backend, ratio.batch_size, ratio.over_fp32,
         )  # fmt: skip
+    log.info("  BF16: %s", report.bf16)
     for family, share in report.int8_file_share.items():
         log.info("  %-12s INT8 file = %.0f%% of FP32", family, share * 100)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,9 @@ from load_tests.results import (
 )
 from load_tests.results import within_target as meets
 from load_tests.stack import Stack, running
+from runners.offering import offer
 from runners.repository import Repository
-from runners.settings import REPO_ROOT
+from runners.settings import REPO_ROOT, BackendSettings
 
 log = logging.getLogger(__name__)
 SCRAPE_WAIT_S = 2.5  # two scrapes after a step ends, before its window is queried
@@ -248,7 +249,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--models", type=_csv, default=matrix.MODELS, help=f"subset of {','.join(matrix.MODELS)}"
     )
-    parser.add_argument("--variants", type=_csv, default=matrix.VARIANTS, help="fp32,int8")
+    parser.add_argument(
+        "--variants",
+        type=_csv,
+        default=matrix.VARIANTS,
+        help="fp32,bf16,int8 (a variant a model does not offer on this CPU is left out)",
+    )
     parser.add_argument("--batching", type=_csv, default=("on", "off"), help="on,off")
     parser.add_argument("--replicas", type=_csv, default=("1", "2", "3"), help="1,2,3")
     parser.add_argument(
@@ -341,7 +347,23 @@ def chosen_cells(args: argparse.Namespace) -> list[matrix.Cell]:
     )
     if args.only:
         chosen = [c for c in chosen if any(fnmatch.fnmatch(c.key, p) for p in args.only)]
-    return chosen
+    return _offered(args.repository, chosen)
+
+
+def _offered(repository: Path, chosen: list[matrix.Cell]) -> list[matrix.Cell]:
+    """The cells whose variant the model offers on this CPU; the others are logged once."""
+    families = Repository(repository).families()
+    offers = {m: offer(families[m], BackendSettings()) for m in {c.model for c in chosen}}
+    kept, left = [], set()
+    for cell in chosen:
+        if cell.variant in offers[cell.model].offered:
+            kept.append(cell)
+        else:
+            left.add((cell.model, cell.variant))
+    for model, variant in sorted(left):
+        why = offers[model].withheld.get(variant, "not in the repository")
+        log.info("leaving out %s %s: %s", model, variant, why)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ from typing import Literal
 FrontEnd = Literal["bentoml", "triton-http", "triton-grpc", "baseline"]
 FRONT_ENDS: tuple[FrontEnd, ...] = ("bentoml", "triton-http", "triton-grpc", "baseline")
 MODELS = ("digits", "mobilenetv2", "resnet50")
-VARIANTS = ("fp32", "int8")
+# bf16 joins where a model has a bf16 variant this CPU offers (`compare.chosen_cells`).
+VARIANTS = ("fp32", "bf16", "int8")
 REPLICAS = (1, 2, 3)
 ReplicaMode = Literal["nginx", "workers"]
 REPLICA_MODES: tuple[ReplicaMode, ...] = ("nginx", "workers")

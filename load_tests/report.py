@@ -31,7 +31,7 @@ from load_tests.results import CellResult, Summary
 PLOTS = {
     "throughput_vs_concurrency.png": "Throughput against concurrent users, per configuration",
     "latency_percentiles.png": "p50 / p95 / p99 at each cell's capacity step (line: p99 target)",
-    "int8_vs_fp32.png": "Capacity at the p99 target, INT8 against FP32",
+    "int8_vs_fp32.png": "Capacity at the p99 target, INT8 and BF16 against FP32",
     "scaling.png": "Peak throughput against replicas (dashed: N × the 1-replica figure)",
 }
 
@@ -180,30 +180,49 @@ def plot_latency(summary: Summary, path: Path) -> None:
     plt.close(fig)
 
 
-def variant_pairs(summary: Summary) -> list[tuple[CellResult, CellResult]]:
+def variant_pairs(summary: Summary, variant: str = "int8") -> list[tuple[CellResult, CellResult]]:
+    """(FP32 cell, `variant` cell) pairs that differ in nothing else."""
     fp32 = {_key_without(c, "variant"): c for c in summary.cells if c.variant == "fp32"}
     return [
         (fp32[_key_without(c, "variant")], c)
         for c in summary.cells
-        if c.variant == "int8" and _key_without(c, "variant") in fp32
+        if c.variant == variant and _key_without(c, "variant") in fp32
     ]
 
 
+REDUCED = (("int8", "INT8", "C1"), ("bf16", "BF16", "C2"))
+
+
 def plot_variants(summary: Summary, path: Path) -> None:
-    pairs = variant_pairs(summary)
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.4 * max(1, len(pairs))))
-    for i, (fp32, int8) in enumerate(pairs):
-        ax.barh(i - 0.2, fp32.capacity_rps, height=0.4, color="C0", label="FP32" if not i else None)
-        ax.barh(i + 0.2, int8.capacity_rps, height=0.4, color="C1", label="INT8" if not i else None)
-    labels = [_label(f).replace(" fp32", "") for f, _ in pairs]
-    ax.set_yticks(range(len(pairs)), labels, fontsize=7)
-    ax.set(xlabel="capacity, requests/s at the p99 target", title="INT8 vs FP32")
+    """FP32 capacity beside INT8's and BF16's (where the run has them), per configuration."""
+    rows: dict[str, dict[str, CellResult]] = {}
+    for variant, _, _ in REDUCED:
+        for fp32, other in variant_pairs(summary, variant):
+            row = rows.setdefault(_label(fp32).replace(" fp32", ""), {"fp32": fp32})
+            row[variant] = other
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * max(1, len(rows))))
+    bars = (("fp32", "FP32", "C0"), *REDUCED)
+    width = 0.8 / len(bars)
+    seen: set[str] = set()
+    for i, cells_by_variant in enumerate(rows.values()):
+        for j, (variant, name, color) in enumerate(bars):
+            if variant in cells_by_variant:
+                ax.barh(
+                    i - 0.4 + (j + 0.5) * width,
+                    cells_by_variant[variant].capacity_rps,
+                    height=width,
+                    color=color,
+                    label=None if name in seen else name,
+                )
+                seen.add(name)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
+    ax.set(xlabel="capacity, requests/s at the p99 target", title="INT8 and BF16 vs FP32")
     ax.invert_yaxis()
-    if pairs:
+    if rows:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no cell pair with both variants in this run", ha="center",
-                transform=ax.transAxes)  # fmt: skip
+        ax.text(0.5, 0.5, "no cell pair with FP32 and another variant in this run",
+                ha="center", transform=ax.transAxes)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -339,13 +358,14 @@ def conclusions(summary: Summary) -> list[str]:
         if 2 in by_n and 1 in by_n and by_n[1].peak_rps and not by_n[2].errors:
             eff = by_n[2].peak_rps / (2 * by_n[1].peak_rps)
             out.append(f"{name}: 2 replicas ran at {eff:.0%} scaling efficiency (peak).")
-    for fp32, int8 in variant_pairs(summary):
-        if fp32.capacity_rps and int8.capacity_rps:
-            ratio = int8.capacity_rps / fp32.capacity_rps
-            out.append(
-                f"{_label(fp32).replace(' fp32', '')}: INT8 capacity is {ratio:.2f}× FP32's "
-                f"({_f(int8.capacity_rps)} vs {_f(fp32.capacity_rps)} req/s)."
-            )
+    for variant, name, _ in REDUCED:
+        for fp32, other in variant_pairs(summary, variant):
+            if fp32.capacity_rps and other.capacity_rps:
+                ratio = other.capacity_rps / fp32.capacity_rps
+                out.append(
+                    f"{_label(fp32).replace(' fp32', '')}: {name} capacity is {ratio:.2f}× "
+                    f"FP32's ({_f(other.capacity_rps)} vs {_f(fp32.capacity_rps)} req/s)."
+                )
     nginx = {_key_without(c, "replica_mode"): c for c in summary.cells if c.replica_mode == "nginx"}
     for workers in (c for c in summary.cells if c.replica_mode == "workers"):
         processes = nginx.get(_key_without(workers, "replica_mode"))

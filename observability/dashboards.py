@@ -177,14 +177,14 @@ def serving_overview() -> dashboard.Dashboard:
              (_quantile(0.99, "imgserve_preprocess_ms", by), "decode {{variant}}")],
             "Time of one batch inside the engine, and of decoding one image.",
         ))
-        .with_row(dashboard.Row("FP32 vs INT8, replicas"))
+        .with_row(dashboard.Row("Variants (FP32, BF16, INT8), replicas"))
         .with_panel(_timeseries(
-            "FP32 vs INT8: p99 latency", "ms",
+            "Variants: p99 latency", "ms",
             [(_quantile(0.99, "imgserve_request_duration_ms", "variant"), "{{variant}}")],
-            "The two variants side by side.",
+            "FP32, BF16 (where offered) and INT8 side by side.",
         ))
         .with_panel(_timeseries(
-            "FP32 vs INT8: throughput", "reqps",
+            "Variants: throughput", "reqps",
             [(f'sum by (variant) (rate(imgserve_requests_total{{{SEL}, outcome="ok"}}[{RATE}]))',
               "{{variant}}")],
             "Successful requests per second per variant.",

@@ -10,11 +10,14 @@ python -m offline heldout                export the held-out digits to data/
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 from runners.errors import ServingError
+from runners.precision import bf16_unavailable
+from runners.repository import CARD_JSON
 from runners.settings import REPO_ROOT
 
 log = logging.getLogger("offline")
@@ -29,16 +32,39 @@ def _missing(repository: Path, family: str) -> bool:
     )
 
 
+def _bf16_undecided(repository: Path, family: str) -> bool:
+    """On a CPU with BF16: True when the family's card did not decide BF16 on such a CPU (a
+    card built on a CPU without it never tried BF16, so its verdict does not hold here)."""
+    if bf16_unavailable() is not None:
+        return False
+    try:
+        card = json.loads((repository / f"{family}_fp32" / CARD_JSON).read_text())
+    except (OSError, ValueError):
+        return True
+    decision = card.get("bf16") or {}
+    return not decision.get("cpu_has_bf16", False)
+
+
+def _why_build(repository: Path, family: str) -> str | None:
+    if _missing(repository, family):
+        return "missing"
+    if _bf16_undecided(repository, family):
+        return "built on a CPU without BF16: deciding its bf16 variant on this one"
+    return None
+
+
 def _models(args: argparse.Namespace) -> None:
     from offline import digits, profiles
 
-    if _missing(args.repository, digits.FAMILY):
-        log.info("building the default model (digits) into %s", args.repository)
+    why = _why_build(args.repository, digits.FAMILY)
+    if why:
+        log.info("building the default model (digits) into %s (%s)", args.repository, why)
         digits.build(args.repository)
     if args.profiles:
         for architecture, family in profiles.PROFILES.items():
-            if _missing(args.repository, family):
-                log.info("building load profile %s into %s", family, args.repository)
+            why = _why_build(args.repository, family)
+            if why:
+                log.info("building load profile %s into %s (%s)", family, args.repository, why)
                 profiles.build(architecture, args.repository)
     log.info("model repository %s is complete", args.repository)
 

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from offline.gate import GateResult
+from runners.precision import CpuInfo, this_cpu
 from runners.repository import CARD_JSON, CARD_MD
 
 
@@ -40,6 +41,8 @@ class Evaluation(BaseModel):
     fp32_top1: float | None
     int8_top1: float | None
     int8_fp32_agreement: float
+    bf16_top1: float | None = None
+    bf16_fp32_agreement: float | None = None
     backend_agreement: dict[str, float] = Field(
         description="Per variant: share of inputs where OpenVINO and ONNX Runtime agree on top-1."
     )
@@ -57,6 +60,22 @@ class PerfRow(BaseModel):
 class Files(BaseModel):
     fp32_bytes: int
     int8_bytes: int | None
+    bf16_bytes: int | None = Field(default=None, description="The FP32 file, hard-linked.")
+
+
+class Bf16Decision(BaseModel):
+    """Whether a bf16 variant was published, and the measurement that decided it."""
+
+    published: bool
+    reason: str
+    cpu_has_bf16: bool = Field(description="The build CPU has AMX-BF16 or AVX512-BF16.")
+    speedup: float | None = Field(
+        default=None,
+        description="OpenVINO BF16 images/s / the faster FP32 backend's, same run, at "
+        "probe_batch_size.",
+    )
+    probe_batch_size: int | None = None
+    gate: GateResult | None = None
 
 
 class ModelCard(BaseModel):
@@ -70,6 +89,13 @@ class ModelCard(BaseModel):
     gate: GateResult
     files: Files
     machine: str
+    cpu: CpuInfo | None = Field(
+        default=None, description="The CPU every figure of this card was measured on."
+    )
+    precision: dict[str, str] = Field(
+        default_factory=dict, description="Per published variant: what its engines run it in."
+    )
+    bf16: Bf16Decision | None = None
     performance: list[PerfRow]
 
     def files_for_repository(self) -> dict[str, str]:
@@ -87,15 +113,8 @@ def tool_versions() -> dict[str, str]:
 
 
 def describe_machine() -> str:
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}"
+    """The CPU (model, the instruction sets that decide speed, cores) and the OS, one line."""
+    return f"{this_cpu().describe()}, {platform.system()}"
 
 
 def _pct(value: float | None) -> str:
@@ -106,6 +125,12 @@ def _int8_size(files: Files) -> str:
     if files.int8_bytes is None:
         return "not published"
     return f"{files.int8_bytes / 1e6:.2f} MB ({files.int8_bytes / files.fp32_bytes:.0%} of FP32)"
+
+
+def _bf16(card: ModelCard) -> str:
+    if card.bf16 is None:
+        return "not decided (card made before BF16 variants)"
+    return ("published: " if card.bf16.published else "not published: ") + card.bf16.reason
 
 
 def render_markdown(card: ModelCard) -> str:
@@ -124,6 +149,16 @@ def render_markdown(card: ModelCard) -> str:
         f"| FP32 top-1 | {_pct(e.fp32_top1)} |",
         f"| INT8 top-1 | {_pct(e.int8_top1)} |",
         f"| INT8/FP32 top-1 agreement | {_pct(e.int8_fp32_agreement)} |",
+        f"| BF16 variant | {_bf16(card)} |",
+        *(
+            [
+                f"| BF16 top-1 | {_pct(e.bf16_top1)} |",
+                f"| BF16/FP32 top-1 agreement | {_pct(e.bf16_fp32_agreement)} |",
+            ]
+            if e.bf16_fp32_agreement is not None
+            else []
+        ),
+        *(f"| precision ({v}) | {p} |" for v, p in card.precision.items()),
         *(
             f"| OpenVINO/ONNX Runtime agreement ({v}) | {_pct(a)} |"
             for v, a in e.backend_agreement.items()
@@ -154,7 +189,7 @@ def render_markdown(card: ModelCard) -> str:
         "",
         "## Raw in-process performance",
         "",
-        f"Machine: {card.machine}. One process, back-to-back calls, no server.",
+        f"Measured on: {card.machine}. One process, back-to-back calls, no server.",
         "",
         "| variant | backend | batch | images/s | p50 ms | p99 ms |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -7,14 +7,19 @@ from pathlib import Path
 import numpy as np
 
 from runners.backends import create_backend
+from runners.precision import Precision
 from runners.settings import BackendSettings
 
 
 def predict_top1(
-    model_path: Path, inputs: np.ndarray, backend: str = "onnxruntime", batch_size: int = 64
+    model_path: Path,
+    inputs: np.ndarray,
+    backend: str = "onnxruntime",
+    batch_size: int = 64,
+    precision: Precision = "fp32",
 ) -> np.ndarray:
     """Top-1 class index per input row, run in batches (rows are independent)."""
-    engine = create_backend(backend, model_path, BackendSettings())
+    engine = create_backend(backend, model_path, BackendSettings(), precision)
     engine.load()
     if engine.input.shape[0] is not None:  # a fixed batch axis: feed one row at a time
         batch_size = engine.input.shape[0]

@@ -1,8 +1,9 @@
-"""The accuracy gate: an INT8 variant is published only if it keeps the accuracy.
+"""The accuracy gate: an INT8 or BF16 variant is published only if it keeps the accuracy.
 
 With labels: the top-1 drop vs FP32 must be at most `max_drop_points` percentage points.
 Without labels: top-1 agreement with FP32 must be at least `min_agreement`. Random-weight
-load profiles are not classifiers: their agreement is recorded, no gate applies.
+load profiles are not classifiers: their agreement is recorded, no gate applies. Both
+reduced-precision variants go through the same gate with the same thresholds.
 """
 
 from __future__ import annotations
@@ -28,53 +29,55 @@ class GateThresholds(BaseModel):
 class GateResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    variant: str = Field(default="int8", description="The variant judged against FP32.")
     mode: GateMode
     passed: bool
     fp32_top1: float | None
-    int8_top1: float | None
+    top1: float | None = Field(description="The judged variant's top-1.")
     agreement: float
     drop_points: float | None
     thresholds: GateThresholds
 
     def explain(self) -> str:
-        t = self.thresholds
+        t, name = self.thresholds, self.variant.upper()
         if self.mode == "labelled":
             return (
-                f"INT8 top-1 {self.int8_top1:.2%} vs FP32 {self.fp32_top1:.2%}: a drop of "
+                f"{name} top-1 {self.top1:.2%} vs FP32 {self.fp32_top1:.2%}: a drop of "
                 f"{self.drop_points:.2f} points (threshold: at most {t.max_drop_points:.2f})"
             )
         if self.mode == "agreement":
             return (
-                f"INT8 agrees with FP32 on {self.agreement:.2%} of inputs "
+                f"{name} agrees with FP32 on {self.agreement:.2%} of inputs "
                 f"(threshold: at least {t.min_agreement:.2%})"
             )
-        return f"no gate (load profile); INT8 agrees with FP32 on {self.agreement:.2%}"
+        return f"no gate (load profile); {name} agrees with FP32 on {self.agreement:.2%}"
 
 
 def evaluate_gate(
     *,
     agreement: float,
     fp32_top1: float | None,
-    int8_top1: float | None,
+    top1: float | None,
     apply: bool = True,
     thresholds: GateThresholds | None = None,
+    variant: str = "int8",
 ) -> GateResult:
     """Judge figures already measured; labels are present when both top-1 figures are."""
     t = thresholds or GateThresholds()
     if not apply:
         return GateResult(
-            mode="not_applied", passed=True, fp32_top1=fp32_top1, int8_top1=int8_top1,
+            variant=variant, mode="not_applied", passed=True, fp32_top1=fp32_top1, top1=top1,
             agreement=agreement, drop_points=None, thresholds=t,
         )  # fmt: skip
-    if fp32_top1 is not None and int8_top1 is not None:
-        drop = round((fp32_top1 - int8_top1) * 100, 6)
+    if fp32_top1 is not None and top1 is not None:
+        drop = round((fp32_top1 - top1) * 100, 6)
         return GateResult(
-            mode="labelled", passed=drop <= t.max_drop_points, fp32_top1=fp32_top1,
-            int8_top1=int8_top1, agreement=agreement, drop_points=drop, thresholds=t,
+            variant=variant, mode="labelled", passed=drop <= t.max_drop_points,
+            fp32_top1=fp32_top1, top1=top1, agreement=agreement, drop_points=drop, thresholds=t,
         )  # fmt: skip
     return GateResult(
-        mode="agreement", passed=agreement >= t.min_agreement, fp32_top1=None,
-        int8_top1=None, agreement=agreement, drop_points=None, thresholds=t,
+        variant=variant, mode="agreement", passed=agreement >= t.min_agreement, fp32_top1=None,
+        top1=None, agreement=agreement, drop_points=None, thresholds=t,
     )  # fmt: skip
 
 
@@ -82,7 +85,8 @@ def enforce(result: GateResult, model: str) -> None:
     """Raise a clear error naming both figures and the threshold when the gate fails."""
     if not result.passed:
         raise AccuracyGateFailed(
-            f"INT8 variant of {model!r} refused by the accuracy gate: {result.explain()}"
+            f"{result.variant.upper()} variant of {model!r} refused by the accuracy gate: "
+            f"{result.explain()}"
         )
 
 
@@ -100,6 +104,6 @@ def judge_files(
     return evaluate_gate(
         agreement=agreement(int8_pred, fp32_pred),
         fp32_top1=None if labels is None else top1_accuracy(fp32_pred, labels),
-        int8_top1=None if labels is None else top1_accuracy(int8_pred, labels),
+        top1=None if labels is None else top1_accuracy(int8_pred, labels),
         thresholds=thresholds,
     )

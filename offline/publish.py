@@ -1,8 +1,10 @@
-"""Publish a model family: FP32 always, INT8 only through the accuracy gate.
+"""Publish a model family: FP32 always, INT8 and BF16 only through the accuracy gate.
 
 Every way a model enters the repository (the default digits model, the load profiles, a
 user's import) goes through `publish`, so every variant is quantized, judged and measured
-the same way.
+the same way. BF16 is tried only on a CPU with AMX-BF16 or AVX512-BF16 (elsewhere OpenVINO
+would run it as FP32), and published only where it also pays: OpenVINO in BF16 at least
+`bf16_min_speedup` times the faster FP32 backend, measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.timing import time_backend
+from bench.timing import time_backend, time_interleaved
 from offline.card import (
+    Bf16Decision,
     BuildInfo,
     Candidate,
     Evaluation,
@@ -30,6 +33,7 @@ from offline.evaluate import agreement, predict_top1, top1_accuracy
 from offline.gate import GateThresholds, enforce, evaluate_gate
 from offline.quantize import QUANTIZERS
 from runners.backends import BACKENDS, create_backend
+from runners.precision import DESCRIPTIONS, bf16_unavailable, this_cpu
 from runners.preprocessing import PreprocessSpec
 from runners.repository import Batching, ModelEntry, TensorSpec, Variant, write_model
 from runners.settings import BackendSettings
@@ -67,6 +71,10 @@ class PublishRequest:
     measure_batch_sizes: tuple[int, ...] = (1, 8, 32)
     measure_duration_s: float = 1.0
     thresholds: GateThresholds = field(default_factory=GateThresholds)
+    # BF16 is published where OpenVINO in BF16 is at least this many times faster than the
+    # faster FP32 backend: below it, a second variant is not worth serving and gating.
+    bf16_min_speedup: float = 1.2
+    bf16: bool = True
 
 
 def _entry(request: PublishRequest, variant: Variant, preferred_backend: str) -> ModelEntry:
@@ -93,6 +101,85 @@ def _throughput(path: Path, batch_size: int) -> float:
     return time_backend(engine, batch_size, duration_s=1.0, min_iterations=3).images_per_s
 
 
+@dataclass
+class _Bf16Outcome:
+    decision: Bf16Decision
+    top1: float | None = None
+    agreement: float | None = None
+
+
+def _try_bf16(
+    request: PublishRequest,
+    fp32_pred: np.ndarray,
+    fp32_top1: float | None,
+    labelled: bool,
+    probe_batch: int,
+) -> _Bf16Outcome:
+    """Judge and time the FP32 file in BF16 on OpenVINO; publishable when it passes the gate
+    and pays. On a CPU without BF16 it is not tried, and the decision says why."""
+    cpu = this_cpu()
+    missing = bf16_unavailable(cpu)
+    if missing is not None:
+        return _Bf16Outcome(Bf16Decision(published=False, reason=missing, cpu_has_bf16=False))
+    if not request.bf16:
+        return _Bf16Outcome(
+            Bf16Decision(published=False, reason="not requested", cpu_has_bf16=True)
+        )
+    pred = predict_top1(request.fp32_onnx, request.validation, "openvino", precision="bf16")
+    top1 = (
+        top1_accuracy(pred, request.validation_labels)
+        if labelled and request.validation_labels is not None
+        else None
+    )
+    agree = agreement(pred, fp32_pred)
+    gate = evaluate_gate(
+        agreement=agree,
+        fp32_top1=fp32_top1,
+        top1=top1,
+        apply=not request.load_profile,
+        thresholds=request.thresholds,
+        variant="bf16",
+    )
+    contenders = {}
+    for name, backend, precision in (
+        ("fp32 onnxruntime", "onnxruntime", "fp32"),
+        ("fp32 openvino", "openvino", "fp32"),
+        ("bf16 openvino", "openvino", "bf16"),
+    ):
+        engine = create_backend(backend, request.fp32_onnx, BackendSettings(), precision)  # type: ignore[arg-type]
+        engine.load()
+        contenders[name] = engine
+    timings = time_interleaved(
+        contenders, probe_batch, rounds=5, round_s=max(0.2, request.measure_duration_s / 2)
+    )
+    fp32_best = max(timings["fp32 onnxruntime"].images_per_s, timings["fp32 openvino"].images_per_s)
+    speedup = timings["bf16 openvino"].images_per_s / fp32_best
+    pays = speedup >= request.bf16_min_speedup
+    measured = (
+        f"OpenVINO BF16 ran {speedup:.2f}x the faster FP32 backend at batch {probe_batch} "
+        f"on {cpu.model} (publishing needs {request.bf16_min_speedup:.2f}x)"
+    )
+    if not gate.passed:
+        reason = f"refused by the accuracy gate: {gate.explain()}; {measured}"
+    elif not pays:
+        reason = f"it does not pay: {measured}"
+    else:
+        reason = f"{measured}; {gate.explain()}"
+    log.info("%s: bf16 %s", request.family, reason)
+    return _Bf16Outcome(
+        Bf16Decision(
+            published=gate.passed and pays,
+            reason=reason,
+            cpu_has_bf16=True,
+            speedup=speedup,
+            probe_batch_size=probe_batch,
+            gate=gate,
+        ),
+        top1=top1,
+        agreement=agree,
+    )
+
+
 def _quality(top1: float | None, agree: float) -> float:
     return top1 if top1 is not None else agree
 
@@ -115,10 +202,11 @@ def _choose(
 
 
 def publish(request: PublishRequest) -> ModelCard:
-    """Quantize, judge, measure and write both variants; raise if the gate refuses INT8.
+    """Quantize, judge, measure and write the variants; raise if the gate refuses INT8.
 
     FP32 is written even when INT8 is refused (it is the user's model, unchanged), and a
-    stale INT8 variant of the family is removed so the two never disagree about the source.
+    stale INT8 or BF16 variant of the family is removed so the variants never disagree about
+    the source. A BF16 variant that is not published is not an error: the card says why.
     """
     labelled = request.validation_labels is not None and not request.load_profile
     unbatched = request.batching.max_batch_size == 0
@@ -167,7 +255,7 @@ def publish(request: PublishRequest) -> ModelCard:
         gate = evaluate_gate(
             agreement=chosen.agreement,
             fp32_top1=fp32_top1,
-            int8_top1=chosen.top1,
+            top1=chosen.top1,
             apply=not request.load_profile,
             thresholds=request.thresholds,
         )
@@ -178,8 +266,13 @@ def publish(request: PublishRequest) -> ModelCard:
                 ("int8", int8_path, int8_pred),
             )
         }
-        files = {"fp32": request.fp32_onnx, "int8": int8_path}
-        performance = _measure(request, files if gate.passed else {"fp32": request.fp32_onnx})
+        bf16 = _try_bf16(request, fp32_pred, fp32_top1, labelled, probe_batch)
+        files = {"fp32": request.fp32_onnx}
+        if gate.passed:
+            files["int8"] = int8_path
+        if bf16.decision.published:
+            files["bf16"] = request.fp32_onnx
+        performance = _measure(request, files)
         card = ModelCard(
             family=request.family,
             kind="load_profile" if request.load_profile else "classifier",
@@ -205,18 +298,24 @@ def publish(request: PublishRequest) -> ModelCard:
                 fp32_top1=fp32_top1,
                 int8_top1=chosen.top1,
                 int8_fp32_agreement=chosen.agreement,
+                bf16_top1=bf16.top1,
+                bf16_fp32_agreement=bf16.agreement,
                 backend_agreement=backend_agreement,
             ),
             gate=gate,
             files=Files(
                 fp32_bytes=request.fp32_onnx.stat().st_size,
                 int8_bytes=chosen.bytes if gate.passed else None,
+                bf16_bytes=request.fp32_onnx.stat().st_size if "bf16" in files else None,
             ),
             machine=describe_machine(),
+            cpu=this_cpu(),
+            precision={variant: DESCRIPTIONS[variant] for variant in files},  # type: ignore[index]
+            bf16=bf16.decision,
             performance=performance,
         )
         extra = card.files_for_repository()
-        write_model(
+        fp32 = write_model(
             _entry(request, "fp32", _preferred(request, performance, "fp32", probe_batch)),
             request.fp32_onnx,
             extra,
@@ -226,6 +325,11 @@ def publish(request: PublishRequest) -> ModelCard:
             write_model(int8_entry, int8_path, extra)
         else:
             shutil.rmtree(int8_entry.directory, ignore_errors=True)
+        bf16_entry = _entry(request, "bf16", "openvino")  # the one engine that runs BF16
+        if bf16.decision.published:
+            write_model(bf16_entry, fp32.onnx_path, extra)  # hard-linked to the FP32 file
+        else:
+            shutil.rmtree(bf16_entry.directory, ignore_errors=True)
         enforce(gate, request.family)
         return card
 
@@ -246,8 +350,10 @@ def _measure(request: PublishRequest, files: dict[str, Path]) -> list[PerfRow]:
     sizes = (1,) if request.batching.max_batch_size == 0 else request.measure_batch_sizes
     rows = []
     for variant, path in files.items():
-        for backend in BACKENDS:
-            engine = create_backend(backend, path, BackendSettings())
+        for backend, engine_class in BACKENDS.items():
+            if engine_class.unsupported(variant) is not None:  # type: ignore[arg-type]
+                continue  # bf16: OpenVINO only
+            engine = create_backend(backend, path, BackendSettings(), variant)  # type: ignore[arg-type]
             engine.load()
             for size in sizes:
                 timing = time_backend(engine, size, duration_s=request.measure_duration_s)

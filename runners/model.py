@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runners.backends import Backend, create_backend
+from runners.backends import BACKENDS, Backend, create_backend
 from runners.repository import ModelEntry
 from runners.settings import BackendSettings
 
@@ -23,6 +23,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=1, keepdims=True)
     return shifted
+
+
+def choose_backend(
+    entry: ModelEntry, settings: BackendSettings, backend: str | None = None
+) -> tuple[str, str | None]:
+    """The engine for an entry (`backend` > settings.backend > the entry's preferred one) and
+    why it cannot run the entry's precision on this CPU (None: it can). A variant that cannot
+    run as stated is not offered, rather than served in another precision."""
+    name = backend or settings.backend or entry.preferred_backend
+    engine = BACKENDS.get(name)
+    return name, None if engine is None else engine.unsupported(entry.precision)
 
 
 class LoadedModel:
@@ -42,8 +53,8 @@ class LoadedModel:
     ) -> LoadedModel:
         """Load and warm up: `backend` > settings.backend > the entry's preferred backend."""
         settings = settings or BackendSettings()
-        name = backend or settings.backend or entry.preferred_backend
-        engine = create_backend(name, entry.onnx_path, settings)
+        name, _ = choose_backend(entry, settings, backend)
+        engine = create_backend(name, entry.onnx_path, settings, entry.precision)
         engine.load()
         if warmup_batch_sizes is None:
             largest = entry.batching.max_batch_size

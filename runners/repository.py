@@ -7,13 +7,21 @@
 
 `config.pbtxt` is the single source of truth: Triton reads its batching and instance
 settings, and the project's own settings live in its `parameters` under `project.*` keys
-(Triton's ONNX Runtime backend ignores keys it does not know). FP32 and INT8 are separate
-model names (`digits_fp32`, `digits_int8`) sharing a family, so Triton can serve both.
+(Triton's ONNX Runtime backend ignores keys it does not know). FP32, BF16 and INT8 are
+separate model names (`digits_fp32`, `digits_bf16`, `digits_int8`) sharing a family, so
+Triton can serve each; `project.precision` states the precision a variant runs in.
+
+A bf16 variant is its own directory holding the FP32 file (a hard link where the filesystem
+allows), not a runtime setting of the FP32 model: like INT8 it is an artifact with its own
+gate verdict and card, published only where it passed the gate and paid on the CPU it was
+built on, and every front end and tool sees it as one more model name. Its config names
+Triton's OpenVINO backend with the BF16 hint, so the official container runs it as stated.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,15 +33,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
 from runners.errors import NotFound, RepositoryError
+from runners.precision import Precision
 from runners.preprocessing import PreprocessSpec
 
-Variant = Literal["fp32", "int8"]
-VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
+# A variant is named after the precision it runs in (runners.precision).
+Variant = Precision
+VARIANTS: tuple[Variant, ...] = ("fp32", "bf16", "int8")
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
+
+# The official Triton container's backend for each precision, and what it is told: ONNX Runtime
+# runs FP32 and QDQ INT8 as stated; BF16 needs OpenVINO and its hint.
+TRITON_BACKEND: dict[Precision, str] = {
+    "fp32": "onnxruntime",
+    "bf16": "openvino",
+    "int8": "onnxruntime",
+}
+TRITON_BACKEND_PARAMETERS: dict[Precision, dict[str, str]] = {
+    "fp32": {},
+    "bf16": {"INFERENCE_PRECISION_HINT": "bf16"},
+    "int8": {},
+}
 
 _DTYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "UINT8": mc.TYPE_UINT8}
 
@@ -90,6 +113,11 @@ class ModelEntry(BaseModel):
     preferred_backend: Literal["onnxruntime", "openvino"] = "onnxruntime"
     output_kind: Literal["logits", "probabilities"] = "logits"
     load_profile: bool = Field(default=False, description="Random weights: not a classifier.")
+
+    @property
+    def precision(self) -> Precision:
+        """The numeric precision the engines run this variant in (runners.precision)."""
+        return self.variant
 
     @property
     def onnx_path(self) -> Path:
@@ -199,6 +227,12 @@ def read_model(directory: Path, name: str | None = None) -> ModelEntry:
         )
     except ValidationError as exc:
         raise RepositoryError(f"{source}: {exc}") from exc
+    stated = _param(config, "project.precision", entry.variant, source)
+    if stated != entry.precision:
+        raise RepositoryError(
+            f"{source}: variant {entry.variant!r} states precision {stated!r}; a variant runs "
+            f"in the precision it is named after"
+        )
     _check_consistent(entry, source)
     return entry
 
@@ -220,9 +254,12 @@ def render_config(entry: ModelEntry) -> str:
     """The config.pbtxt text for an entry, loadable by Triton's onnxruntime backend."""
     config = mc.ModelConfig(
         name=entry.name,
-        backend="onnxruntime",
+        backend=TRITON_BACKEND[entry.precision],
         max_batch_size=entry.batching.max_batch_size,
     )
+    if entry.precision == "bf16":
+        # Triton's OpenVINO backend reads model.onnx too, given its name.
+        config.default_model_filename = MODEL_FILE
     # Unbatched models (max_batch_size 0) list their fixed batch axis of 1, as Triton expects.
     lead = [1] if entry.batching.max_batch_size == 0 else []
     config.input.add(
@@ -246,14 +283,26 @@ def render_config(entry: ModelEntry) -> str:
     params = {
         "project.family": entry.family,
         "project.variant": entry.variant,
+        "project.precision": entry.precision,
         "project.preferred_backend": entry.preferred_backend,
         "project.output_kind": entry.output_kind,
         "project.load_profile": "true" if entry.load_profile else "false",
         "project.preprocess": entry.preprocess.model_dump_json(),
     }
+    params.update(TRITON_BACKEND_PARAMETERS[entry.precision])
     for key, value in params.items():
         config.parameters[key].string_value = value
     return str(text_format.MessageToString(config))
+
+
+def _place(source: Path, target: Path) -> None:
+    """A hard link where the filesystem allows (a bf16 variant shares the FP32 file; files in
+    the repository are replaced whole, never written in place), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    target.chmod(0o644)  # servers in containers run as other users
 
 
 def write_model(
@@ -267,7 +316,7 @@ def write_model(
     staging.chmod(0o755)  # mkdtemp makes it private; servers in containers run as other users
     try:
         (staging / str(entry.version)).mkdir()
-        shutil.copyfile(onnx_file, staging / str(entry.version) / MODEL_FILE)
+        _place(onnx_file, staging / str(entry.version) / MODEL_FILE)
         (staging / LABELS_FILE).write_text("\n".join(entry.labels) + "\n")
         (staging / CONFIG_FILE).write_text(render_config(entry))
         for name, text in (extra_files or {}).items():

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runners.errors import NotFound, RepositoryError
+from runners.offering import measurement_note, offer
+from runners.precision import DESCRIPTIONS
 from runners.repository import ModelEntry, Repository
 from runners.settings import BackendSettings
 from serving.settings import ServingSettings
@@ -43,13 +45,15 @@ class Catalog:
                 f"{settings.repository} has no model {', '.join(map(repr, missing))}; "
                 f"models: {', '.join(sorted(families))}"
             )
+        offers = {family: offer(families[family], backend_settings) for family in settings.models}
         self.variants: dict[str, dict[str, Served]] = {
             family: {
-                variant: Served(entry, backend_settings.backend or entry.preferred_backend)
-                for variant, entry in sorted(families[family].items())
+                variant: Served(entry, backend) for variant, (entry, backend) in o.offered.items()
             }
-            for family in settings.models
+            for family, o in offers.items()
         }
+        # Variants this server does not offer, with the reason a request naming one is told.
+        self.withheld: dict[str, dict[str, str]] = {f: o.withheld for f, o in offers.items()}
         self.default_model = settings.default_model or settings.models[0]
         if self.default_model not in self.variants:
             raise RepositoryError(
@@ -57,6 +61,13 @@ class Catalog:
                 f"{', '.join(self.variants)}"
             )
         self.default_variant = settings.default_variant
+        if self.default_variant not in self.variants[self.default_model]:
+            why = self.withheld[self.default_model].get(
+                self.default_variant, "not in the repository"
+            )
+            raise RepositoryError(
+                f"default variant {self.default_variant!r} of {self.default_model!r}: {why}"
+            )
 
     def __iter__(self) -> Any:
         return (served for variants in self.variants.values() for served in variants.values())
@@ -68,9 +79,11 @@ class Catalog:
         if model not in self.variants:
             raise NotFound(f"unknown model {model!r}; models: {', '.join(sorted(self.variants))}")
         if variant not in self.variants[model]:
+            why = self.withheld[model].get(variant)
             raise NotFound(
-                f"model {model!r} has no variant {variant!r}; variants: "
-                f"{', '.join(sorted(self.variants[model]))}"
+                f"model {model!r} has no variant {variant!r}"
+                + (f" here ({why})" if why else "")
+                + f"; variants: {', '.join(sorted(self.variants[model]))}"
             )
         return self.variants[model][variant]
 
@@ -90,7 +103,9 @@ class Catalog:
                         "color_mode": first.preprocess.color_mode,
                     },
                     "evaluation": card.get("evaluation"),
+                    "figures": measurement_note(card),
                     "variants": [_variant(served, card) for served in variants.values()],
+                    "not_offered": dict(self.withheld[family]),
                 }
             )
         return {
@@ -108,6 +123,8 @@ def _variant(served: Served, card: dict[str, Any]) -> dict[str, Any]:
         "name": entry.name,
         "version": entry.version,
         "backend": served.backend,
+        "precision": entry.precision,
+        "runs_in": DESCRIPTIONS[entry.precision],
         "top1": figures.get(f"{entry.variant}_top1"),
         "bytes": (card.get("files") or {}).get(f"{entry.variant}_bytes"),
         "max_batch_size": entry.batching.max_batch_size,

@@ -34,7 +34,7 @@ class ServingSettings(ProjectSettings):
     default_model: str | None = Field(
         default=None, description="Family used when a request names none; None: the first."
     )
-    default_variant: Literal["fp32", "int8"] = Field(
+    default_variant: Literal["fp32", "bf16", "int8"] = Field(
         default="fp32", description="Variant used when a request names none."
     )
     runner_workers: int = Field(

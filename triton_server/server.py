@@ -29,6 +29,7 @@ from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 from runners.errors import RepositoryError
 from runners.model import LoadedModel
 from runners.modelfile import check_model_file
+from runners.offering import offer
 from runners.repository import ModelEntry, Repository
 from runners.settings import BackendSettings
 from triton_server import drain as triton_drain
@@ -44,8 +45,11 @@ EXIT_LINGER_S = 1
 STARTUP_TIMEOUT_S = 120.0  # tritonserver live; the loading gate's own load and unload
 
 
-def select_entries(repository: Repository, families: tuple[str, ...]) -> list[ModelEntry]:
-    """The entries of the named families (every family when none is named)."""
+def select_entries(
+    repository: Repository, families: tuple[str, ...], backend: BackendSettings | None = None
+) -> list[ModelEntry]:
+    """The offered entries of the named families (every family when none is named); a
+    variant this CPU cannot run as stated is left out, and the log says why."""
     grouped = repository.families()
     unknown = [f for f in families if f not in grouped]
     if unknown:
@@ -54,7 +58,13 @@ def select_entries(repository: Repository, families: tuple[str, ...]) -> list[Mo
             f"families: {', '.join(sorted(grouped))}"
         )
     chosen = families or tuple(sorted(grouped))
-    return [entry for family in chosen for entry in grouped[family].values()]
+    entries = []
+    for family in chosen:
+        offered = offer(grouped[family], backend or BackendSettings())
+        entries += [entry for entry, _ in offered.offered.values()]
+        for variant, why in offered.withheld.items():
+            logger.info("%s_%s: %s", family, variant, why)
+    return entries
 
 
 def _become_subreaper() -> None:
@@ -113,7 +123,7 @@ class TritonFrontEnd:
         self.settings = settings or TritonSettings()
         self.backend_settings = backend or BackendSettings()
         repository = Repository(self.settings.repository, batching=self.settings.batching)
-        self.entries = select_entries(repository, self.settings.models)
+        self.entries = select_entries(repository, self.settings.models, self.backend_settings)
         self.models: dict[str, LoadedModel] = {}
         self.metrics = LatencyMetrics()
         self._triton: Triton | None = None

@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from runners.errors import InvalidTensor, ModelLoadError
+from runners.precision import Precision, unavailable
 from runners.settings import BackendSettings
 
 
@@ -23,20 +24,40 @@ class TensorInfo:
 
 
 class Backend(ABC):
-    """One engine running one ONNX file. `infer` is safe to call from several threads."""
+    """One engine running one ONNX file in one stated precision. `infer` is safe to call from
+    several threads."""
 
     name: ClassVar[str]
+    # The precisions this engine runs as stated (runners.precision); others it refuses.
+    precisions: ClassVar[frozenset[Precision]]
 
-    def __init__(self, model_path: Path, settings: BackendSettings | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        settings: BackendSettings | None = None,
+        precision: Precision = "fp32",
+    ) -> None:
         self.model_path = model_path
         self.settings = settings or BackendSettings()
+        self.precision: Precision = precision
         self._input: TensorInfo | None = None
         self._output: TensorInfo | None = None
 
+    @classmethod
+    def unsupported(cls, precision: Precision) -> str | None:
+        """Why this engine cannot run `precision` on this CPU, or None when it can."""
+        if precision not in cls.precisions:
+            return f"{cls.name} has no {precision} mode for an FP32 graph on CPUs"
+        return unavailable(precision)
+
     def load(self) -> None:
-        """Compile the model; a missing or corrupt file is a ModelLoadError naming it."""
+        """Compile the model; a missing or corrupt file, or a precision this engine cannot
+        run here, is a ModelLoadError naming the file."""
         if not self.model_path.is_file():
             raise ModelLoadError(f"model file {self.model_path} does not exist")
+        why = self.unsupported(self.precision)
+        if why is not None:
+            raise ModelLoadError(f"cannot run {self.model_path} in {self.precision}: {why}")
         try:
             self._input, self._output = self._load()
         except ModelLoadError:
@@ -48,7 +69,13 @@ class Backend(ABC):
 
     @abstractmethod
     def _load(self) -> tuple[TensorInfo, TensorInfo]:
-        """Engine-specific compile; returns the input and output descriptions."""
+        """Engine-specific compile in `self.precision`; returns the input and output
+        descriptions."""
+
+    @property
+    def runs_in(self) -> str:
+        """How the engine was told to run the model, in its own terms (for /v1/models)."""
+        return self.precision
 
     @abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:

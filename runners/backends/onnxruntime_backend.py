@@ -20,7 +20,11 @@ def _info(node: ort.NodeArg) -> TensorInfo:
 
 
 class OnnxRuntimeBackend(Backend):
+    """FP32 graphs in FP32 and QDQ graphs in INT8 on every x86 CPU; its CPU execution
+    provider has no BF16 mode for an FP32 graph, so bf16 variants run on OpenVINO."""
+
     name = "onnxruntime"
+    precisions = frozenset({"fp32", "int8"})
 
     def _load(self) -> tuple[TensorInfo, TensorInfo]:
         options = ort.SessionOptions()
@@ -36,6 +40,10 @@ class OnnxRuntimeBackend(Backend):
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         self._input_name, self._output_name = inputs[0].name, outputs[0].name
         return _info(inputs[0]), _info(outputs[0])
+
+    @property
+    def runs_in(self) -> str:
+        return "fp32" if self.precision == "fp32" else "int8 (QDQ operators), fp32 elsewhere"
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         result: np.ndarray = self._session.run([self._output_name], {self._input_name: batch})[0]

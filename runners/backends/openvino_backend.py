@@ -8,6 +8,12 @@ import numpy as np
 import openvino as ov
 
 from runners.backends.base import Backend, TensorInfo
+from runners.errors import ModelLoadError
+from runners.precision import Precision
+
+# INFERENCE_PRECISION_HINT per stated precision. Left unset, the CPU plugin picks BF16 on CPUs
+# with AMX (and for the operators an INT8 graph leaves unquantized), so it is always set.
+INFERENCE_PRECISION: dict[Precision, str] = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def _info(port: ov.Output) -> TensorInfo:
@@ -17,18 +23,39 @@ def _info(port: ov.Output) -> TensorInfo:
 
 class OpenVINOBackend(Backend):
     name = "openvino"
+    precisions = frozenset(INFERENCE_PRECISION)
 
     def _load(self) -> tuple[TensorInfo, TensorInfo]:
         core = ov.Core()
-        config: dict[str, str] = {"PERFORMANCE_HINT": self.settings.openvino_hint}
+        hint = INFERENCE_PRECISION[self.precision]
+        config: dict[str, str] = {
+            "PERFORMANCE_HINT": self.settings.openvino_hint,
+            "INFERENCE_PRECISION_HINT": hint,
+        }
         if self.settings.intra_op_threads:
             config["INFERENCE_NUM_THREADS"] = str(self.settings.intra_op_threads)
         if self.settings.openvino_streams:
             config["NUM_STREAMS"] = str(self.settings.openvino_streams)
         self._compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
+        # The plugin falls back quietly (bf16 on a CPU without it runs f32): what it compiled
+        # is the truth, and a variant that would not run as stated is refused.
+        value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        compiled = value.get_type_name() if isinstance(value, ov.Type) else str(value)
+        if compiled != hint:
+            raise ModelLoadError(
+                f"OpenVINO compiled {self.model_path} with inference precision {compiled}, "
+                f"not the {hint} that {self.precision} needs"
+            )
         # An infer request is not thread-safe; one per calling thread avoids a global lock.
         self._local = threading.local()
         return _info(self._compiled.input(0)), _info(self._compiled.output(0))
+
+    @property
+    def runs_in(self) -> str:
+        hint = INFERENCE_PRECISION[self.precision]
+        if self.precision == "int8":
+            return f"int8 (QDQ operators), {hint} elsewhere (INFERENCE_PRECISION_HINT {hint})"
+        return f"{self.precision} (INFERENCE_PRECISION_HINT {hint})"
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         request = getattr(self._local, "request", None)

@@ -8,6 +8,7 @@ from runners.backends.base import Backend
 from runners.backends.onnxruntime_backend import OnnxRuntimeBackend
 from runners.backends.openvino_backend import OpenVINOBackend
 from runners.errors import NotFound
+from runners.precision import Precision
 from runners.settings import BackendSettings
 
 BACKENDS: dict[str, type[Backend]] = {
@@ -16,10 +17,15 @@ BACKENDS: dict[str, type[Backend]] = {
 }
 
 
-def create_backend(name: str, model_path: Path, settings: BackendSettings | None = None) -> Backend:
-    """An unloaded backend of the named engine."""
+def create_backend(
+    name: str,
+    model_path: Path,
+    settings: BackendSettings | None = None,
+    precision: Precision = "fp32",
+) -> Backend:
+    """An unloaded backend of the named engine, to run the file in `precision`."""
     try:
         cls = BACKENDS[name]
     except KeyError:
         raise NotFound(f"unknown backend {name!r}; backends: {', '.join(BACKENDS)}") from None
-    return cls(model_path, settings)
+    return cls(model_path, settings, precision)

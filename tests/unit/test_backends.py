@@ -5,6 +5,7 @@ import pytest
 
 from runners.backends import BACKENDS, create_backend
 from runners.errors import InvalidTensor, ModelLoadError, NotFound
+from runners.precision import this_cpu
 from runners.settings import BackendSettings
 from tests.models import tiny_classifier
 
@@ -88,3 +89,35 @@ def test_settings_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert BackendSettings().intra_op_threads == 2
     assert BackendSettings().openvino_hint == "THROUGHPUT"
     assert BackendSettings(intra_op_threads=1).intra_op_threads == 1
+
+
+def test_openvino_runs_fp32_in_fp32_on_every_cpu(model_path: Path) -> None:
+    """The hint is explicit: left to itself the CPU plugin runs FP32 models in BF16 on AMX."""
+    backend = create_backend("openvino", model_path, precision="fp32")
+    backend.load()
+    assert backend.runs_in == "fp32 (INFERENCE_PRECISION_HINT f32)"
+    int8 = create_backend("openvino", model_path, precision="int8")
+    int8.load()
+    assert "f32 elsewhere" in int8.runs_in
+
+
+def test_onnxruntime_has_no_bf16_mode(model_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="onnxruntime has no bf16 mode"):
+        create_backend("onnxruntime", model_path, precision="bf16").load()
+
+
+def test_openvino_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(
+    model_path: Path,
+) -> None:
+    batch = np.random.default_rng(4).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    bf16 = create_backend("openvino", model_path, precision="bf16")
+    if this_cpu().bf16:
+        bf16.load()
+        fp32 = create_backend("onnxruntime", model_path)
+        fp32.load()
+        assert bf16.runs_in == "bf16 (INFERENCE_PRECISION_HINT bf16)"
+        # BF16 keeps 8 bits of mantissa: close to FP32's answers, not equal to them.
+        np.testing.assert_allclose(bf16.infer(batch), fp32.infer(batch), rtol=0.05, atol=0.1)
+    else:
+        with pytest.raises(ModelLoadError, match="neither AMX-BF16 nor AVX512-BF16"):
+            bf16.load()

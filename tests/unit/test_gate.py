@@ -5,33 +5,33 @@ from runners.errors import AccuracyGateFailed
 
 
 def test_labelled_gate_passes_at_the_threshold_and_fails_beyond() -> None:
-    at = evaluate_gate(agreement=0.99, fp32_top1=0.986, int8_top1=0.981)
+    at = evaluate_gate(agreement=0.99, fp32_top1=0.986, top1=0.981)
     assert at.mode == "labelled"
     assert at.passed
     assert at.drop_points == pytest.approx(0.5)
-    beyond = evaluate_gate(agreement=0.99, fp32_top1=0.986, int8_top1=0.980)
+    beyond = evaluate_gate(agreement=0.99, fp32_top1=0.986, top1=0.980)
     assert not beyond.passed
 
 
 def test_int8_better_than_fp32_passes() -> None:
-    assert evaluate_gate(agreement=0.98, fp32_top1=0.90, int8_top1=0.91).passed
+    assert evaluate_gate(agreement=0.98, fp32_top1=0.90, top1=0.91).passed
 
 
 def test_unlabelled_gate_uses_agreement() -> None:
-    assert evaluate_gate(agreement=0.99, fp32_top1=None, int8_top1=None).passed
-    result = evaluate_gate(agreement=0.985, fp32_top1=None, int8_top1=None)
+    assert evaluate_gate(agreement=0.99, fp32_top1=None, top1=None).passed
+    result = evaluate_gate(agreement=0.985, fp32_top1=None, top1=None)
     assert result.mode == "agreement"
     assert not result.passed
 
 
 def test_load_profiles_record_agreement_without_a_gate() -> None:
-    result = evaluate_gate(agreement=0.5, fp32_top1=None, int8_top1=None, apply=False)
+    result = evaluate_gate(agreement=0.5, fp32_top1=None, top1=None, apply=False)
     assert result.mode == "not_applied"
     assert result.passed
 
 
 def test_failure_message_names_both_figures_and_the_threshold() -> None:
-    result = evaluate_gate(agreement=0.9, fp32_top1=0.986, int8_top1=0.95)
+    result = evaluate_gate(agreement=0.9, fp32_top1=0.986, top1=0.95)
     with pytest.raises(AccuracyGateFailed) as info:
         enforce(result, "digits")
     message = str(info.value)
@@ -44,6 +44,12 @@ def test_failure_message_names_both_figures_and_the_threshold() -> None:
 
 def test_custom_thresholds() -> None:
     strict = GateThresholds(max_drop_points=0.1, min_agreement=0.999)
-    assert not evaluate_gate(
-        agreement=0.998, fp32_top1=None, int8_top1=None, thresholds=strict
-    ).passed
+    assert not evaluate_gate(agreement=0.998, fp32_top1=None, top1=None, thresholds=strict).passed
+
+
+def test_a_bf16_gate_names_its_variant() -> None:
+    result = evaluate_gate(agreement=0.95, fp32_top1=None, top1=None, variant="bf16")
+    with pytest.raises(AccuracyGateFailed) as info:
+        enforce(result, "digits")
+    assert "BF16 variant of 'digits'" in str(info.value)
+    assert "BF16 agrees with FP32 on 95.00%" in str(info.value)
