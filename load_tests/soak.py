@@ -236,7 +236,7 @@ def table(result: SoakResult) -> str:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
-    parser.add_argument("--variant", choices=("fp32", "int8"), default="fp32")
+    parser.add_argument("--variant", choices=("fp32", "bf16", "int8"), default="fp32")
     parser.add_argument("--duration", type=float, default=1800.0, help="measured seconds")
     parser.add_argument(
         "--window-s", type=float, default=0.0, help="seconds per window (default: duration/6, "

@@ -2,7 +2,8 @@
 
 - `bind`: binds a model whose proxy (the `model.py` PyTriton ships into Triton's Python
   backend) answers the reserved error output of `triton_server.errors` as a per-request
-  Triton error instead of an output tensor.
+  Triton error instead of an output tensor, and whose generated `config.pbtxt` carries the
+  project's parameters (its precision), which `GET /v2/models/<name>/config` shows.
 - `set_trace_config`: passes `--trace-config` to tritonserver. `TritonConfig.trace_config`
   would also do that, but PyTriton then insists on an OpenTelemetry exporter.
 - `repository_access`: where the local model store is and the headers its model-repository
@@ -25,14 +26,16 @@ import os
 import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 import pytriton.triton
+from google.protobuf import text_format
 from pytriton.model_config import ModelConfig, Tensor
 from pytriton.models.model import Model
 from pytriton.triton import Triton
 
+from runners.repository import parse_config
 from triton_server.errors import ERROR_OUTPUT
 
 HANDSHAKE_TIMEOUT_S = 60.0
@@ -82,6 +85,8 @@ def patch_proxy_source(source: str) -> str:
 class _PerRequestErrorModel(Model):
     """A PyTriton model whose proxy answers the reserved error output as a Triton error."""
 
+    parameters: ClassVar[dict[str, str]] = {}
+
     def get_proxy_model_files(self) -> dict[str, bytes]:
         files: dict[str, bytes] = super().get_proxy_model_files()
         key = f"file:{self.model_version}/model.py"
@@ -94,6 +99,12 @@ class _PerRequestErrorModel(Model):
         super().generate_model(model_repository)
         proxy = model_repository / self.model_name / str(self.model_version) / "model.py"
         proxy.write_text(patch_proxy_source(proxy.read_text()))
+        if self.parameters:
+            path = model_repository / self.model_name / "config.pbtxt"
+            config = parse_config(path.read_text(), str(path))
+            for key, value in self.parameters.items():
+                config.parameters[key].string_value = value
+            path.write_text(text_format.MessageToString(config))
 
 
 def bind(
@@ -104,11 +115,14 @@ def bind(
     inputs: Sequence[Tensor],
     outputs: Sequence[Tensor],
     config: ModelConfig,
+    parameters: Mapping[str, str] | None = None,
 ) -> None:
-    """`Triton.bind`, with the per-request error proxy (one callable per model instance)."""
+    """`Triton.bind`, with the per-request error proxy (one callable per model instance) and
+    `parameters` added to the model's config."""
     if getattr(pytriton.triton, "Model", None) is not Model:
         raise RuntimeError("pytriton.triton.Model is not PyTriton's Model; cannot bind")
-    with mock.patch.object(pytriton.triton, "Model", _PerRequestErrorModel):
+    bound = type("_BoundModel", (_PerRequestErrorModel,), {"parameters": dict(parameters or {})})
+    with mock.patch.object(pytriton.triton, "Model", bound):
         triton.bind(
             model_name=model_name,
             infer_func=list(infer_func),

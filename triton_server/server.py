@@ -301,6 +301,13 @@ class TritonFrontEnd:
             inputs=triton_model.inputs(entry),
             outputs=triton_model.outputs(entry),
             config=triton_model.model_config(entry),
+            parameters={
+                "project.family": entry.family,
+                "project.variant": entry.variant,
+                "project.precision": entry.precision,
+                "project.runs_in": loaded.backend.runs_in,
+                "project.backend": loaded.backend.name,
+            },
         )
 
     def remember_shared_memory(self) -> None:

@@ -14,6 +14,7 @@ from offline.evaluate import agreement, predict_top1
 from offline.gate import enforce, judge_files
 from runners.errors import AccuracyGateFailed
 from runners.model import LoadedModel
+from runners.precision import bf16_unavailable, this_cpu
 from runners.repository import Repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,13 +44,52 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_both_variants_published_with_card(published: Path) -> None:
     repo = Repository(published)
     variants = repo.families()["digits"]
-    assert set(variants) == {"fp32", "int8"}
     card = variants["int8"].card()
     assert card is not None
+    assert set(variants) == {"fp32", "int8"} | ({"bf16"} if card["bf16"]["published"] else set())
     assert card["evaluation"]["fp32_top1"] >= 0.98
     assert card["gate"]["passed"]
     assert card["files"]["int8_bytes"] <= 0.30 * card["files"]["fp32_bytes"]
     assert (variants["fp32"].directory / "model_card.md").read_text().startswith("# Model card")
+
+
+def test_the_card_states_each_precision_and_the_bf16_decision_of_this_cpu(
+    published: Path, heldout: tuple[np.ndarray, np.ndarray]
+) -> None:
+    variants = Repository(published).families()["digits"]
+    card = variants["fp32"].card()
+    assert card is not None
+    assert card["cpu"] == this_cpu().model_dump(mode="json")
+    assert set(card["precision"]) == set(variants)
+    assert "INFERENCE_PRECISION_HINT f32" in card["precision"]["fp32"]
+    decision = card["bf16"]
+    if not this_cpu().bf16:
+        # Not tried: OpenVINO would run it in FP32, and nobody would be told.
+        assert decision == {
+            "published": False,
+            "reason": bf16_unavailable(),
+            "cpu_has_bf16": False,
+            "speedup": None,
+            "probe_batch_size": None,
+            "gate": None,
+        }
+        assert not (published / "digits_bf16").exists()
+        return
+    # Measured side by side, judged by the same gate as INT8, published where both hold.
+    assert decision["speedup"] > 0 and decision["gate"]["variant"] == "bf16"
+    pays = decision["speedup"] >= 1.2
+    assert decision["published"] == (decision["gate"]["passed"] and pays)
+    assert (published / "digits_bf16").exists() == decision["published"]
+    if decision["published"]:
+        bf16 = variants["bf16"]
+        assert bf16.precision == "bf16" and bf16.preferred_backend == "openvino"
+        assert bf16.onnx_path.read_bytes() == variants["fp32"].onnx_path.read_bytes()
+        inputs, _ = heldout
+        model = LoadedModel.load(bf16)
+        assert model.backend.runs_in == "bf16 (INFERENCE_PRECISION_HINT bf16)"
+        reference = LoadedModel.load(variants["fp32"], backend="onnxruntime")
+        agree = float((model.scores(inputs).argmax(1) == reference.scores(inputs).argmax(1)).mean())
+        assert agree >= 0.99
 
 
 def test_fp32_reaches_98_percent_and_int8_keeps_it(

@@ -25,6 +25,7 @@ from offline.data import load_heldout
 from offline.digits import encode_png
 from runners.errors import DeadlineExceeded, Overloaded
 from runners.model import LoadedModel
+from runners.precision import DESCRIPTIONS, bf16_unavailable, this_cpu
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import Repository
 from serving.coalescer import Coalescer
@@ -184,6 +185,26 @@ def test_models_list_with_card_figures(client) -> None:
         assert 0.9 < variant["top1"] <= 1
         assert variant["bytes"] > 0
         assert variant["performance"]
+        assert variant["precision"] == variant["variant"]
+        assert variant["runs_in"] == DESCRIPTIONS[variant["precision"]]
+    assert "INFERENCE_PRECISION_HINT f32" in variants["fp32"]["runs_in"]
+    # The committed repository has no bf16 variant: the answer says why, for this CPU.
+    why = model["not_offered"]["bf16"]
+    if this_cpu().bf16:
+        assert why.startswith("not built on a CPU with BF16"), why
+    else:
+        assert why == f"not offered: {bf16_unavailable()}"
+    figures = model["figures"]
+    assert figures["serving_on"] == this_cpu().describe()
+    assert figures["measured_on_this_cpu"] == (figures["measured_on"] == this_cpu().describe())
+
+
+def test_a_variant_not_offered_is_a_404_that_says_why(client) -> None:
+    response = client.post(CLASSIFY, content=b"x", headers=PNG, params={"variant": "bf16"})
+    assert response.status_code == 404, response.text
+    message = response.json()["message"]
+    assert "model 'digits' has no variant 'bf16' here (not " in message, message
+    assert "variants: fp32, int8" in message
 
 
 def test_openapi_documents_every_route_and_status(client) -> None:

@@ -28,6 +28,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from runners.backends import create_backend
 from runners.model import LoadedModel
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import Batching, Repository, write_model
@@ -264,6 +265,14 @@ def test_metadata_and_config_are_truthful(server: TritonProcess, repository: Rep
         assert batching.get("max_queue_delay_microseconds", 0) == entry.batching.max_queue_delay_us
         assert batching["default_queue_policy"]["max_queue_size"] == entry.batching.max_queue_size
         assert sum(g["count"] for g in config["instance_group"]) == entry.instances
+        parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        assert parameters["project.precision"] == entry.precision
+        assert parameters["project.variant"] == entry.variant
+        # What the engine was told, in its own terms, as the same engine states it here.
+        engine = create_backend(
+            parameters["project.backend"], entry.onnx_path, None, entry.precision
+        )
+        assert parameters["project.runs_in"] == engine.runs_in
     assert http.get_model_config("digits_fp32")["instance_group"][0]["count"] == 2
 
 
