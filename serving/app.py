@@ -35,7 +35,11 @@ ModelQuery = Annotated[
 ]
 VariantQuery = Annotated[
     str | None,
-    Query(min_length=1, max_length=16, description="`fp32`, `int8` or `bf16` (where offered); default from configuration."),
+    Query(
+        min_length=1,
+        max_length=16,
+        description="`fp32`, `int8` or `bf16` (where offered); default from configuration.",
+    ),
 ]
 TopKQuery = Annotated[
     int | None, Query(ge=1, le=1000, description="Labels to return; default from configuration.")
