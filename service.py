@@ -17,9 +17,10 @@ import bentoml
 from runners.errors import ServingError
 from runners.modelfile import check_model_file
 from runners.settings import BackendSettings
+from runners.tensors import Tensors, pack, unpack
 from serving import loadfailure
 from serving.app import create_app
-from serving.catalog import Catalog
+from serving.catalog import Catalog, Served
 from serving.drain import runner_bound_s, use_loopback_runner_sockets
 from serving.fastpath import FastPath
 from serving.gateway import Gateway, Runner
@@ -85,7 +86,7 @@ app = create_app(settings)
 
 
 class ImageClassifier:
-    """Image classification with FP32 and INT8 variants behind adaptive batching."""
+    """Image models (classification) with FP32, BF16 and INT8 variants behind adaptive batching."""
 
     def __init__(self) -> None:
         proxies = {key: getattr(self, key) for key in RUNNERS}
@@ -93,8 +94,10 @@ class ImageClassifier:
             catalog,
             settings,
             {
-                key: Runner(infer=_infer(proxy), is_ready=_probe(proxy))
-                for key, proxy in proxies.items()
+                served.key: Runner(
+                    infer=_infer(proxies[served.key], served), is_ready=_probe(proxies[served.key])
+                )
+                for served in catalog
             },
         )
         app.state.gateway = self.gateway
@@ -117,9 +120,12 @@ class ImageClassifier:
         return await self.gateway.runners_alive()
 
 
-def _infer(proxy: Any) -> Any:
-    async def infer(batch: Any) -> Any:
-        return await proxy.infer(batch)
+def _infer(proxy: Any, served: Served) -> Any:
+    """Named tensors over the runner's one-array API (`runners.tensors.pack`)."""
+    inputs, outputs = served.entry.inputs, served.entry.outputs
+
+    async def infer(batch: Tensors) -> Tensors:
+        return unpack(await proxy.infer(pack(batch, inputs)), outputs)
 
     return infer
 

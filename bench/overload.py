@@ -111,13 +111,14 @@ def digits(count: int = 64) -> tuple[list[bytes], list[str]]:
     from runners.model import LoadedModel
     from runners.preprocessing import decode_and_preprocess
     from runners.repository import Repository
+    from runners.tasks.classification import top1_labels
 
     pngs = [encode_png(image) for image in load_heldout()[0][:count]]
     model = LoadedModel.load(Repository(REPO_ROOT / "model_repository").get("digits", "fp32"))
     labels = []
     for png in pngs:
         sample = decode_and_preprocess(png, model.entry.preprocess)
-        labels.append(model.top_k(model.scores(sample[np.newaxis]), 1)[0][0].label)
+        labels += top1_labels(model, sample[np.newaxis])
     return pngs, labels
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from runners.backends import Backend
+from runners.tensors import Tensors
 
 
 class Timing(BaseModel):
@@ -24,13 +25,11 @@ class Timing(BaseModel):
     p99_ms: float
 
 
-def _batch(backend: Backend, batch_size: int, seed: int) -> np.ndarray:
-    sample = tuple(d if d is not None else 1 for d in backend.input.shape[1:])
-    batch = np.random.default_rng(seed).standard_normal((batch_size, *sample))
-    return batch.astype(backend.input.dtype)
+def _batch(backend: Backend, batch_size: int, seed: int) -> Tensors:
+    return backend.sample_inputs(batch_size, fill=None, seed=seed)
 
 
-def _round(backend: Backend, batch: np.ndarray, duration_s: float, minimum: int) -> list[float]:
+def _round(backend: Backend, batch: Tensors, duration_s: float, minimum: int) -> list[float]:
     latencies: list[float] = []
     start = time.perf_counter()
     while len(latencies) < minimum or time.perf_counter() - start < duration_s:

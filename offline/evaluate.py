@@ -21,10 +21,11 @@ def predict_top1(
     """Top-1 class index per input row, run in batches (rows are independent)."""
     engine = create_backend(backend, model_path, BackendSettings(), precision)
     engine.load()
-    if engine.input.shape[0] is not None:  # a fixed batch axis: feed one row at a time
-        batch_size = engine.input.shape[0]
+    (image,), (scores,) = engine.inputs, engine.outputs  # a classifier's one input and output
+    if image.shape[0] is not None:  # a fixed batch axis: feed one row at a time
+        batch_size = image.shape[0]
     parts = [
-        engine.infer(inputs[start : start + batch_size]).argmax(axis=1)
+        engine.infer({image.name: inputs[start : start + batch_size]})[scores.name].argmax(axis=1)
         for start in range(0, len(inputs), batch_size)
     ]
     return np.concatenate(parts)

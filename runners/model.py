@@ -1,28 +1,14 @@
-"""A repository entry bound to a loaded backend: batch in, scores and top-k labels out."""
+"""A repository entry bound to a loaded engine and its task: tensors in, tensors out."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from runners.backends import BACKENDS, Backend, create_backend
 from runners.repository import ModelEntry
 from runners.settings import BackendSettings
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    index: int
-    score: float
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=1, keepdims=True)
-    return shifted
+from runners.tasks import Task, get_task
+from runners.tensors import Tensors
 
 
 def choose_backend(
@@ -37,11 +23,12 @@ def choose_backend(
 
 
 class LoadedModel:
-    """One served model: its repository entry and the engine that runs it."""
+    """One served model: its repository entry, the engine that runs it, and its task."""
 
     def __init__(self, entry: ModelEntry, backend: Backend) -> None:
         self.entry = entry
         self.backend = backend
+        self.task: Task = get_task(entry.task)
 
     @classmethod
     def load(
@@ -62,16 +49,13 @@ class LoadedModel:
         engine.warmup(warmup_batch_sizes)
         return cls(entry, engine)
 
-    def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities, one row per input row."""
-        out = self.backend.infer(batch).astype(np.float32, copy=False)
-        return softmax(out) if self.entry.output_kind == "logits" else out
-
-    def top_k(self, scores: np.ndarray, k: int = 5) -> list[list[Prediction]]:
-        k = min(k, scores.shape[1])
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        labels = self.entry.labels
-        return [
-            [Prediction(labels[i], int(i), float(row[i])) for i in order]
-            for row, order in zip(scores, best, strict=True)
-        ]
+    def run(self, inputs: Tensors | np.ndarray) -> Tensors:
+        """Every output of one batch; an array is the input of a one-input model."""
+        if isinstance(inputs, np.ndarray):
+            if len(self.entry.inputs) != 1:
+                names = [t.name for t in self.entry.inputs]
+                raise TypeError(
+                    f"{self.entry.name} takes several inputs {names}: pass them by name"
+                )
+            inputs = {self.entry.inputs[0].name: inputs}
+        return self.backend.infer(inputs)

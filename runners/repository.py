@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from google.protobuf import text_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
@@ -58,6 +59,7 @@ TRITON_BACKEND_PARAMETERS: dict[Precision, dict[str, str]] = {
     "int8": {},
 }
 
+_NUMPY_DTYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}
 _DTYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "UINT8": mc.TYPE_UINT8}
 
 
@@ -69,6 +71,10 @@ class TensorSpec(BaseModel):
     name: str
     dtype: Literal["FP32", "FP16", "UINT8"] = "FP32"
     dims: tuple[int, ...]
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(_NUMPY_DTYPES[self.dtype])
 
 
 class Batching(BaseModel):
@@ -104,8 +110,9 @@ class ModelEntry(BaseModel):
     variant: Variant
     version: int = Field(ge=1)
     directory: Path
-    input: TensorSpec
-    output: TensorSpec
+    task: str = Field(default="classification", description="The kind of model (runners.tasks).")
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1)
     labels: tuple[str, ...]
     preprocess: PreprocessSpec
     batching: Batching
@@ -189,8 +196,6 @@ def read_model(directory: Path, name: str | None = None) -> ModelEntry:
     config = parse_config(config_path.read_text(), source)
     if config.name and config.name != name:
         raise RepositoryError(f"{source} names model {config.name!r}, its folder is {name!r}")
-    if len(config.input) != 1 or len(config.output) != 1:
-        raise RepositoryError(f"{source}: an image classifier has exactly one input and one output")
     versions = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         raise RepositoryError(f"{directory} has no numbered version folder with {MODEL_FILE}")
@@ -206,8 +211,9 @@ def read_model(directory: Path, name: str | None = None) -> ModelEntry:
             variant=_param(config, "project.variant", source=source),  # type: ignore[arg-type]
             version=versions[-1],
             directory=directory,
-            input=_tensor(config.input[0], config.max_batch_size, source),
-            output=_tensor(config.output[0], config.max_batch_size, source),
+            task=_param(config, "project.task", "classification", source),
+            inputs=tuple(_tensor(t, config.max_batch_size, source) for t in config.input),
+            outputs=tuple(_tensor(t, config.max_batch_size, source) for t in config.output),
             labels=labels,
             preprocess=PreprocessSpec.model_validate_json(
                 _param(config, "project.preprocess", source=source)
@@ -238,16 +244,10 @@ def read_model(directory: Path, name: str | None = None) -> ModelEntry:
 
 
 def _check_consistent(entry: ModelEntry, source: str) -> None:
-    if entry.input.dims != entry.preprocess.sample_shape:
-        raise RepositoryError(
-            f"{source}: input dims {list(entry.input.dims)} contradict the preprocessing "
-            f"spec's sample shape {list(entry.preprocess.sample_shape)}"
-        )
-    if len(entry.output.dims) != 1 or entry.output.dims[0] != len(entry.labels):
-        raise RepositoryError(
-            f"{entry.directory / LABELS_FILE} has {len(entry.labels)} labels, but {source} "
-            f"declares output dims {list(entry.output.dims)} (one label per class)"
-        )
+    """The entry's task judges whether its tensors, labels and preprocessing fit."""
+    from runners.tasks import get_task
+
+    get_task(entry.task).check(entry, source)
 
 
 def render_config(entry: ModelEntry) -> str:
@@ -262,17 +262,18 @@ def render_config(entry: ModelEntry) -> str:
         config.default_model_filename = MODEL_FILE
     # Unbatched models (max_batch_size 0) list their fixed batch axis of 1, as Triton expects.
     lead = [1] if entry.batching.max_batch_size == 0 else []
-    config.input.add(
-        name=entry.input.name,
-        data_type=_DTYPES[entry.input.dtype],
-        dims=[*lead, *entry.input.dims],
-    )
-    config.output.add(
-        name=entry.output.name,
-        data_type=_DTYPES[entry.output.dtype],
-        dims=[*lead, *entry.output.dims],
-        label_filename=LABELS_FILE,
-    )
+    for tensor in entry.inputs:
+        config.input.add(
+            name=tensor.name, data_type=_DTYPES[tensor.dtype], dims=[*lead, *tensor.dims]
+        )
+    for tensor in entry.outputs:
+        config.output.add(
+            name=tensor.name,
+            data_type=_DTYPES[tensor.dtype],
+            dims=[*lead, *tensor.dims],
+            # Triton's classification extension reads labels for a one-output classifier.
+            label_filename=LABELS_FILE if entry.task == "classification" else "",
+        )
     if entry.batching.max_batch_size > 0:
         batching = config.dynamic_batching
         batching.preferred_batch_size.extend(entry.batching.preferred_batch_sizes)
@@ -281,6 +282,7 @@ def render_config(entry: ModelEntry) -> str:
     config.instance_group.add(count=entry.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     config.version_policy.latest.num_versions = 1
     params = {
+        "project.task": entry.task,
         "project.family": entry.family,
         "project.variant": entry.variant,
         "project.precision": entry.precision,

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from runners.errors import BadInput, DeadlineExceeded, NotFound, ServingError
+from runners.tasks import ROUTES, AnswerOptions
 from serving.bodies import body_left_unread, read_images
 from serving.fastpath import FastPath
 from serving.gateway import Gateway
@@ -44,6 +45,8 @@ VariantQuery = Annotated[
 TopKQuery = Annotated[
     int | None, Query(ge=1, le=1000, description="Labels to return; default from configuration.")
 ]
+# endpoint label -> the task whose routes it counts
+ENDPOINT_TASKS = {endpoint: task for task, endpoint, _ in ROUTES.values()}
 # A misspelt (`?varaint=int8`) or repeated parameter must not be served silently.
 QUERY_PARAMETERS = frozenset({"model", "variant", "top_k"})
 
@@ -67,7 +70,8 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app = FastAPI(
         title="Image classification",
         version="1",
-        description="Classify images with FP32 or INT8 variants behind adaptive batching.",
+        description="Classify images with FP32, BF16 (where the CPU has it) or INT8 variants "
+        "behind adaptive batching.",
         openapi_url="/v1/openapi.json",
         docs_url=None,
         redoc_url=None,
@@ -119,6 +123,11 @@ def create_app(settings: ServingSettings) -> FastAPI:
             # Resolved first, so that a request shed at admission is counted under its variant.
             served = gw.catalog.resolve(model, variant)
             labels = served.labels
+            if ENDPOINT_TASKS[endpoint] is not served.task:
+                raise NotFound(
+                    f"model {served.entry.family!r} is a {served.task.name} model: send it to "
+                    f"{served.task.route} (or {served.task.route}/batch)"
+                )
             with gw.admit(), gw.metrics.in_flight.labels(**labels).track_inprogress():
                 _check_query(request)
                 limit = settings.max_images_per_request if many else 1
@@ -133,7 +142,8 @@ def create_app(settings: ServingSettings) -> FastAPI:
                         f"the request body did not arrive within the "
                         f"{settings.request_timeout_s:g} s deadline"
                     ) from None
-                results = await gw.classify(served, images, top_k or settings.top_k)
+                options = AnswerOptions(top_k=top_k or settings.top_k)
+                results = await gw.answer(served, images, options)
         except ServingError as exc:
             gw.metrics.outcome(labels, endpoint, exc)
             return error_response(exc, settings.retry_after_s)
@@ -152,14 +162,14 @@ def create_app(settings: ServingSettings) -> FastAPI:
                         {"index": i, "status": result.http_status, "error": result.to_dict()}
                     )
                 else:
-                    slots.append({"index": i, "status": 200, "predictions": result})
+                    slots.append({"index": i, "status": 200, served.task.answer_key: result})
             body["results"] = slots
         else:
             result = results[0]
             if isinstance(result, ServingError):
                 gw.metrics.outcome(labels, endpoint, result)
                 return error_response(result)
-            body["predictions"] = result
+            body[served.task.answer_key] = result
         gw.metrics.outcome(labels, endpoint, None)
         gw.metrics.request_duration_ms.labels(**labels, endpoint=endpoint).observe(
             (time.perf_counter() - start) * 1000

@@ -8,13 +8,18 @@ names what exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+import numpy as np
 
 from runners.errors import NotFound, RepositoryError
 from runners.offering import measurement_note, offer
 from runners.precision import DESCRIPTIONS
 from runners.repository import ModelEntry, Repository
 from runners.settings import BackendSettings
+from runners.tasks import Task, get_task
+from runners.tensors import Tensors
 from serving.settings import ServingSettings
 
 
@@ -33,6 +38,14 @@ class Served:
     @property
     def labels(self) -> dict[str, str]:
         return {"model": self.entry.family, "variant": self.entry.variant, "backend": self.backend}
+
+    @cached_property
+    def task(self) -> Task:
+        return get_task(self.entry.task)
+
+    def sample_inputs(self, count: int) -> Tensors:
+        """Zeros for every model input: what warms the whole path up."""
+        return {t.name: np.zeros((count, *t.dims), dtype=t.numpy_dtype) for t in self.entry.inputs}
 
 
 class Catalog:
@@ -97,9 +110,10 @@ class Catalog:
                 {
                     "model": family,
                     "summary": card.get("summary"),
+                    "task": first.task,
                     "labels": list(first.labels),
                     "input": {
-                        "shape": list(first.input.dims),
+                        "shape": list(first.inputs[0].dims),
                         "color_mode": first.preprocess.color_mode,
                     },
                     "evaluation": card.get("evaluation"),

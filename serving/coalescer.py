@@ -23,22 +23,26 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from runners.errors import DeadlineExceeded, Overloaded
+from runners.tensors import Tensors, batch_size, concat, split_rows, take_rows
 
-Run = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Run = Callable[[Tensors], Awaitable[Tensors]]
+# (a batch's outputs, rows per job) -> each job's outputs; a task's own rule where its outputs
+# do not follow the batch axis (runners.tasks.base.Task.split).
+Split = Callable[[Tensors, list[int]], list[Tensors]]
 
 
 @dataclass
 class _Job:
-    samples: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    samples: Tensors
+    count: int
+    future: asyncio.Future[Tensors]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 class Coalescer:
-    """A bounded FIFO of samples in front of one runner, drained in batches."""
+    """A bounded FIFO of samples (named tensors, batch axis first) in front of one runner,
+    drained in batches."""
 
     def __init__(
         self,
@@ -46,9 +50,14 @@ class Coalescer:
         max_batch_size: int,
         max_queue_images: int,
         concurrency: int = 1,
+        *,
         on_dispatch: Callable[[float], None] | None = None,
+        split: Split | None = None,
     ) -> None:
         self._run = run
+        self._split: Split = split or (
+            lambda outputs, counts: split_rows(outputs, counts, "the runner")
+        )
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue_images = max_queue_images
         self.concurrency = concurrency
@@ -62,9 +71,10 @@ class Coalescer:
     def queued_images(self) -> int:
         return self._queued_images
 
-    async def submit(self, samples: np.ndarray, timeout_s: float) -> np.ndarray:
-        """Scores for `samples` (batch axis first), in order; 429 when full, 504 when late."""
-        count = len(samples)
+    async def submit(self, samples: Tensors, timeout_s: float) -> Tensors:
+        """The outputs for `samples` (batch axis first), in order; 429 when full, 504 when
+        late."""
+        count = batch_size(samples)
         if self.max_queue_images and self._queued_images + count > self.max_queue_images:
             raise Overloaded(
                 f"the queue holds {self._queued_images} images and its limit is "
@@ -73,8 +83,9 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         futures = []
         for start in range(0, count, self.max_batch_size):
-            chunk = samples[start : start + self.max_batch_size]
-            job = _Job(chunk, loop.create_future())
+            stop = min(count, start + self.max_batch_size)
+            chunk = samples if stop - start == count else take_rows(samples, start, stop)
+            job = _Job(chunk, stop - start, loop.create_future())
             self._queue.append(job)
             futures.append(job.future)
         self._queued_images += count
@@ -83,12 +94,12 @@ class Coalescer:
             # On timeout wait_for cancels the futures: queued jobs are then dropped unsent.
             if len(futures) == 1:
                 return await asyncio.wait_for(futures[0], timeout_s)
-            parts: list[np.ndarray] = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+            parts: list[Tensors] = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the request was not answered within its {timeout_s:g} s deadline"
             ) from None
-        return np.concatenate(parts)
+        return concat(parts)
 
     def _kick(self) -> None:
         while self._active < self.concurrency and self._queue:
@@ -107,14 +118,14 @@ class Coalescer:
             job = self._queue[0]
             if job.future.done():  # timed out while queued: drop it unsent
                 self._queue.popleft()
-                self._queued_images -= len(job.samples)
+                self._queued_images -= job.count
                 continue
-            if size + len(job.samples) > self.max_batch_size:
+            if size + job.count > self.max_batch_size:
                 break
             self._queue.popleft()
-            self._queued_images -= len(job.samples)
+            self._queued_images -= job.count
             jobs.append(job)
-            size += len(job.samples)
+            size += job.count
         return jobs
 
     async def _dispatch(self, jobs: list[_Job]) -> None:
@@ -122,15 +133,12 @@ class Coalescer:
         if self._on_dispatch is not None:
             for job in jobs:
                 self._on_dispatch((now - job.enqueued) * 1000)
-        batch = jobs[0].samples if len(jobs) == 1 else np.concatenate([j.samples for j in jobs])
+        batch = concat([job.samples for job in jobs])
         try:
-            scores = await self._run(batch)
-            start = 0
-            for job in jobs:
-                end = start + len(job.samples)
+            outputs = self._split(await self._run(batch), [job.count for job in jobs])
+            for job, part in zip(jobs, outputs, strict=True):
                 if not job.future.done():
-                    job.future.set_result(scores[start:end])
-                start = end
+                    job.future.set_result(part)
         except BaseException as exc:
             # The batching contract: a failed batch fails every request in it, alike.
             for job in jobs:

@@ -25,8 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-# path -> (endpoint label, many images)
-ROUTES = {"/v1/classify": ("classify", False), "/v1/classify/batch": ("classify_batch", True)}
+from runners.tasks import ROUTES as TASK_ROUTES
+
+# path -> (endpoint label, many images), for every task's routes
+ROUTES = {path: (endpoint, many) for path, (_, endpoint, many) in TASK_ROUTES.items()}
 _TOP_K = re.compile(r"[1-9][0-9]{0,3}")
 _MAX_LENGTH = {"model": 64, "variant": 16}  # as the FastAPI query declarations say (min 1)
 _TOP_K_MAX = 1000

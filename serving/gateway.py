@@ -1,7 +1,9 @@
-"""The entry service's work for one request: admit, decode and validate, batch, answer.
+"""The entry service's work for one request: admit, prepare, batch, answer.
 
 Runner services only infer; everything a client can get wrong is caught here, before any
-work reaches a runner. One bad image of a batch request is answered in its own slot.
+work reaches a runner. One bad image of a batch request is answered in its own slot. What
+is particular to a kind of model (how images become tensors, how outputs become answers,
+which metrics they feed) is its task's (`runners.tasks`); this module moves tensors.
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ import contextlib
 import gc
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any
 
 import anyio.to_thread
-import numpy as np
 
 from runners.errors import NotReady, Overloaded, ServingError
-from runners.preprocessing import decode_and_preprocess_many
+from runners.tasks import AnswerOptions, Prepared
+from runners.tensors import Tensors, batch_size
 from serving.admission import MEAN_SHARE, LatencyBound
 from serving.catalog import Catalog, Served
 from serving.coalescer import Coalescer
@@ -30,7 +31,7 @@ from serving.settings import ServingSettings
 
 logger = logging.getLogger("serving")
 
-Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Infer = Callable[[Tensors], Awaitable[Tensors]]
 Probe = Callable[[], Awaitable[bool]]
 
 
@@ -46,28 +47,6 @@ class Runner:
 
     infer: Infer
     is_ready: Probe
-
-
-class Prediction(TypedDict):
-    """One label of an answer, as the JSON answer carries it."""
-
-    label: str
-    index: int
-    score: float
-
-
-def top_k(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[list[Prediction]]:
-    """Best `k` labels per row, highest first (ties keep label order).
-
-    Built from Python lists (`tolist` converts each float32 score to the same float as
-    `float()` does), as the dicts the answer serialises: no numpy scalar per score.
-    """
-    k = min(k, scores.shape[1])
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k].tolist()
-    return [
-        [{"label": labels[i], "index": i, "score": row[i]} for i in order]
-        for row, order in zip(scores.tolist(), best, strict=True)
-    ]
 
 
 class Gateway:
@@ -98,6 +77,7 @@ class Gateway:
                 max_queue_images=batching.max_queue_size,
                 concurrency=settings.runner_workers,
                 on_dispatch=self.metrics.queue_wait_ms.labels(**served.labels).observe,
+                split=_splitter(served),
             )
             # Zero-valued series from the start, so rate() works on the first request.
             for endpoint in ("classify", "classify_batch"):
@@ -117,7 +97,7 @@ class Gateway:
         from aiohttp import ClientConnectionError, ClientError
         from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-        async def run(batch: np.ndarray) -> np.ndarray:
+        async def run(batch: Tensors) -> Tensors:
             for attempt in range(2):
                 try:
                     return await infer(batch)
@@ -128,7 +108,8 @@ class Gateway:
                     if attempt:
                         raise RunnerFailed(f"{served.key} closed the connection: {exc}") from exc
                 except (BentoMLException, ClientError) as exc:
-                    logger.error("runner %s failed a batch of %d: %s", served.key, len(batch), exc)
+                    count = batch_size(batch)
+                    logger.error("runner %s failed a batch of %d: %s", served.key, count, exc)
                     raise RunnerFailed(f"{served.key} failed the batch: {exc}") from exc
             raise AssertionError("unreachable")
 
@@ -140,8 +121,7 @@ class Gateway:
             runner = self.runners[served.key]
             while not await _probe(runner.is_ready):
                 await asyncio.sleep(poll_s)
-            sample = np.zeros((1, *served.entry.input.dims), dtype=np.float32)
-            await self.coalescers[served.key].submit(sample, timeout_s=60.0)
+            await self.coalescers[served.key].submit(served.sample_inputs(1), timeout_s=60.0)
         # Everything loaded so far lives as long as the worker: keep the collector off it,
         # so that a full collection under load does not walk it (a latency spike each time).
         gc.collect()
@@ -211,47 +191,48 @@ class Gateway:
             "answered within the target; retry later"
         )
 
-    async def decode(
-        self, served: Served, images: list[bytes]
-    ) -> tuple[np.ndarray, list[ServingError | None]]:
-        """The batch of the images that decoded, and each image's error or None."""
+    async def prepare(self, served: Served, images: list[bytes]) -> Prepared:
+        """The request's images as model inputs (its task decodes and preprocesses them)."""
         start = time.perf_counter()
-        spec = served.entry.preprocess
+        task, entry = served.task, served.entry
         if all(len(data) <= self.settings.inline_decode_bytes for data in images):
             # Small images decode faster than a hop to a worker thread and back.
-            batch, failures = decode_and_preprocess_many(images, spec, self._limits)
+            prepared = task.prepare(entry, images, self._limits)
         else:
-            batch, failures = await anyio.to_thread.run_sync(
-                decode_and_preprocess_many, images, spec, self._limits
-            )
+            prepared = await anyio.to_thread.run_sync(task.prepare, entry, images, self._limits)
         # One observation per decoded image, each the request's mean: the sum and count stay
         # true, and the images of one request are decoded in one call, not timed apart.
         per_image_ms = (time.perf_counter() - start) * 1000 / max(1, len(images))
         histogram = self.metrics.preprocess_ms.labels(**served.labels)
-        for _ in range(len(batch)):
+        for _ in range(prepared.count):
             histogram.observe(per_image_ms)
-        return batch, failures
+        return prepared
 
-    async def classify(
-        self, served: Served, images: list[bytes], k: int
-    ) -> list[list[Prediction] | ServingError]:
-        """One answer per image, in order: its top-k, or the error that image alone caused."""
-        batch, failures = await self.decode(served, images)
-        slots: list[list[Prediction] | ServingError] = [[] if e is None else e for e in failures]
-        if len(batch):
-            scores = await self.coalescers[served.key].submit(
-                batch, self.settings.request_timeout_s
+    async def answer(
+        self, served: Served, images: list[bytes], options: AnswerOptions
+    ) -> list[Any | ServingError]:
+        """One answer per image, in order: its task's answer, or the error that image alone
+        caused."""
+        prepared = await self.prepare(served, images)
+        slots: list[Any | ServingError] = [e for e in prepared.failures]
+        if prepared.count:
+            outputs = await self.coalescers[served.key].submit(
+                prepared.inputs, self.settings.request_timeout_s
             )
-            answers = iter(top_k(scores, served.entry.labels, k))
-            for i, failure in enumerate(failures):
+            answers = served.task.postprocess(served.entry, outputs, prepared.metas, options)
+            found = iter(answers)
+            for i, failure in enumerate(prepared.failures):
                 if failure is None:
-                    slots[i] = next(answers)
-            # One increment per label, not per image.
-            counts = Counter(slot[0]["label"] for slot in slots if isinstance(slot, list))
-            predictions = self.metrics.predictions
-            for label, count in counts.items():
-                predictions.labels(**served.labels, label=label).inc(count)
+                    slots[i] = next(found)
+            served.task.observe(self.metrics, served.labels, answers)
         return slots
+
+
+def _splitter(served: Served) -> Callable[[Tensors, list[int]], list[Tensors]]:
+    def split(outputs: Tensors, counts: list[int]) -> list[Tensors]:
+        return served.task.split(outputs, counts, served.key)
+
+    return split
 
 
 async def _probe(is_ready: Probe) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runners.errors import ServingError
+from runners.tasks import ROUTES as TASK_ROUTES
 
 # Milliseconds: a digit is decoded in ~0.05 ms and a batch runs in ~0.1-5 ms; a request that
 # queues behind load can take seconds before it is shed or times out.
@@ -25,7 +26,7 @@ LATENCY_BUCKETS_MS = (
     10000,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
-ENDPOINTS = ("classify", "classify_batch")
+ENDPOINTS = tuple(endpoint for _, endpoint, _ in TASK_ROUTES.values())
 UNKNOWN = {"model": "none", "variant": "none", "backend": "none"}
 VARIANT_LABELS = ("model", "variant", "backend")
 

@@ -17,6 +17,7 @@ import numpy as np
 from runners.errors import ModelLoadError
 from runners.model import LoadedModel
 from runners.settings import BackendSettings
+from runners.tensors import pack, unpack
 from serving.catalog import Served
 from serving.drain import RunnerDrain
 from serving.loadfailure import stop_the_server
@@ -88,12 +89,14 @@ def runner_service(
             max_latency_ms=max(1, math.ceil(deadline_s * 1000)),
         )
         async def infer(self, batch: np.ndarray) -> np.ndarray:
-            """Class scores for a batch of preprocessed samples (batch axis first)."""
+            """The model's outputs for a batch of its inputs, both packed as one array with
+            the batch axis first (`runners.tensors.pack`: a one-input, one-output model's
+            tensors as they are)."""
             start = time.perf_counter()
-            scores = self.model.scores(batch)
+            outputs = self.model.run(unpack(batch, entry.inputs))
             self.inference_ms.observe((time.perf_counter() - start) * 1000)
             self.batch_size.observe(len(batch))
-            return scores
+            return pack(outputs, entry.outputs)
 
     VariantRunner.__name__ = VariantRunner.__qualname__ = f"Runner_{entry.name}"
     return bentoml.service(name=served.key, workers=workers, **quiet(trace_requests))(VariantRunner)

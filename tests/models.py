@@ -44,3 +44,29 @@ def tiny_classifier(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def two_headed(path: Path) -> Path:
+    """Two inputs (image, bias: [batch, 3]) and two outputs (sum = image + bias, double =
+    image * 2): a graph whose tensors only make sense by name."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["image", "bias"], ["sum"]),
+            helper.make_node("Add", ["image", "image"], ["double"]),
+        ],
+        "two_headed",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("double", TensorProto.FLOAT, ["batch", 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

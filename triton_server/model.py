@@ -1,15 +1,16 @@
 """One repository entry as a Triton model: its signature, its batcher, and its replicas.
 
-Each entry is served under its repository name (`digits_fp32`) with two optional inputs
-that share one dynamic batcher and one bounded queue:
+Each entry is served under its repository name (`digits_fp32`) with optional inputs that
+share one dynamic batcher and one bounded queue:
 
-    input   FP32   [-1, *entry.input.dims]   a preprocessed tensor, one sample per batch row
-    image   BYTES  [-1, 1]                   encoded image bytes, one image per batch row
+    <each model input>   as config.pbtxt declares it   preprocessed tensors, one sample per row
+    image   BYTES  [-1, 1]                               encoded image bytes, one image per row
 
-and two outputs, `scores` (FP32 class probabilities) and `label` (BYTES, the top-1 label).
-A request sends exactly one of the inputs. Triton itself refuses a wrong dtype or shape
-before the request is queued; what only the model can check (undecodable bytes, neither or
-both inputs) is answered for that request alone, never for the rest of its batch.
+and the outputs its task declares (`Task.triton_outputs`; a classifier's are `scores`, FP32
+class probabilities, and `label`, BYTES, the top-1 label). A request sends either every
+model input or `image`. Triton itself refuses a wrong dtype or shape before the request is
+queued; what only the model can check (undecodable bytes, neither or both forms) is
+answered for that request alone, never for the rest of its batch.
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tens
 
 from runners.errors import InvalidTensor, ServingError
 from runners.model import LoadedModel
-from runners.preprocessing import ImageLimits, decode_and_preprocess
+from runners.preprocessing import ImageLimits
 from runners.repository import ModelEntry
+from runners.tasks import get_task
+from runners.tensors import Tensors, batch_size, concat
 from triton_server.errors import error_output
 
 logger = logging.getLogger("triton_server")
 
-TENSOR_INPUT = "input"
 IMAGE_INPUT = "image"
-SCORES_OUTPUT = "scores"
-LABEL_OUTPUT = "label"
 
 # (rows in the batch, seconds the backend took) -> None; the metrics hook.
 BatchObserver = Callable[[int, float], None]
@@ -67,15 +67,18 @@ def model_config(entry: ModelEntry) -> ModelConfig:
 
 def inputs(entry: ModelEntry) -> list[Tensor]:
     return [
-        Tensor(name=TENSOR_INPUT, dtype=np.float32, shape=entry.input.dims, optional=True),
+        *(
+            Tensor(name=t.name, dtype=t.numpy_dtype.type, shape=t.dims, optional=True)
+            for t in entry.inputs
+        ),
         Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,), optional=True),
     ]
 
 
 def outputs(entry: ModelEntry) -> list[Tensor]:
     return [
-        Tensor(name=SCORES_OUTPUT, dtype=np.float32, shape=entry.output.dims),
-        Tensor(name=LABEL_OUTPUT, dtype=np.bytes_, shape=(1,)),
+        Tensor(name=name, dtype=dtype, shape=dims)
+        for name, dtype, dims in get_task(entry.task).triton_outputs(entry)
     ]
 
 
@@ -96,29 +99,32 @@ class Replica:
         self.model = model
         self.limits = limits
         self.on_batch = on_batch
-        self._labels = np.array([label.encode() for label in model.entry.labels], dtype=np.bytes_)
+        self._names = [t.name for t in model.entry.inputs]
 
     def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
         slots: list[tuple[int, int] | ServingError] = []
-        arrays: list[np.ndarray] = []
+        parts: list[Tensors] = []
         rows = 0
         for request in requests:
             try:
-                array = self._array(request)
+                part = self._tensors(request)
             except ServingError as exc:
                 # Triton logs no request it answers with an error: say which and why here.
                 logger.info("%s: request refused: %s", self.model.entry.name, exc.message)
                 slots.append(exc)
                 continue
-            slots.append((rows, rows + len(array)))
-            arrays.append(array)
-            rows += len(array)
-        if not arrays:
+            count = batch_size(part)
+            slots.append((rows, rows + count))
+            parts.append(part)
+            rows += count
+        if not parts:
             return [error_output(slot) for slot in slots if isinstance(slot, ServingError)]
+        entry, task = self.model.entry, self.model.task
         try:
             started = time.perf_counter()
-            batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-            scores = self.model.scores(batch)
+            outputs = self.model.run(concat(parts))
+            answer = task.triton_answer(entry, outputs)
+            (answer,) = task.split(answer, [rows], entry.name)  # one row per input row
             if self.on_batch is not None:
                 self.on_batch(rows, time.perf_counter() - started)
         except ServingError as exc:
@@ -128,33 +134,36 @@ class Replica:
             logger.exception("inference failed for %s", self.model.entry.name)
             failed = ServingError(f"inference failed in model {self.model.entry.name}")
             return [error_output(failed) for _ in slots]
-        top1 = self._labels[np.argmax(scores, axis=1)].reshape(-1, 1)
         return [
             error_output(slot)
             if isinstance(slot, ServingError)
-            else {SCORES_OUTPUT: scores[slot[0] : slot[1]], LABEL_OUTPUT: top1[slot[0] : slot[1]]}
+            else {name: array[slot[0] : slot[1]] for name, array in answer.items()}
             for slot in slots
         ]
 
-    def _array(self, request: Any) -> np.ndarray:
+    def _tensors(self, request: Any) -> Tensors:
         data = request.data
-        has_tensor, has_image = TENSOR_INPUT in data, IMAGE_INPUT in data
-        if has_tensor == has_image:
-            which = "both" if has_tensor else "neither"
-            raise InvalidTensor(
-                f"send exactly one of the inputs {TENSOR_INPUT!r} (FP32 "
-                f"{[-1, *self.model.entry.input.dims]}) or {IMAGE_INPUT!r} (BYTES [-1, 1], one "
-                f"encoded image per row); the request has {which}"
+        given = [name for name in self._names if name in data]
+        has_image = IMAGE_INPUT in data
+        if has_image == bool(given) or (given and len(given) != len(self._names)):
+            has = "both" if has_image and given else "neither" if not given else "some"
+            shapes = ", ".join(
+                f"{t.name!r} ({t.dtype} {[-1, *t.dims]})" for t in self.model.entry.inputs
             )
-        if has_tensor:
+            raise InvalidTensor(
+                f"send exactly one of the inputs: the model's {shapes}, or {IMAGE_INPUT!r} "
+                f"(BYTES [-1, 1], one encoded image per row); the request has {has}"
+            )
+        if given:
             # Triton has already checked the dtype and the shape against the model config.
-            return np.ascontiguousarray(data[TENSOR_INPUT], dtype=np.float32)
-        images = data[IMAGE_INPUT].reshape(-1)
-        spec = self.model.entry.preprocess
-        samples = np.empty((len(images), *spec.sample_shape), dtype=np.float32)
-        for row, encoded in enumerate(images):
-            try:
-                samples[row] = decode_and_preprocess(bytes(encoded), spec, self.limits)
-            except ServingError as exc:
-                raise type(exc)(f"image row {row}: {exc.message}") from exc
-        return samples
+            inputs = {t.name: t for t in self.model.entry.inputs}
+            return {
+                name: np.ascontiguousarray(data[name], dtype=inputs[name].numpy_dtype)
+                for name in given
+            }
+        images = [bytes(encoded) for encoded in data[IMAGE_INPUT].reshape(-1)]
+        prepared = self.model.task.prepare(self.model.entry, images, self.limits)
+        for row, failure in enumerate(prepared.failures):
+            if failure is not None:
+                raise type(failure)(f"image row {row}: {failure.message}") from failure
+        return prepared.inputs

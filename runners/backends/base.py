@@ -1,4 +1,8 @@
-"""The interface every engine implements: load, infer a batch, describe tensors, warm up."""
+"""The interface every engine implements: load, infer a batch, describe tensors, warm up.
+
+Engines know tensors, not tasks: named inputs in, named outputs out (`runners.tensors`), the
+batch axis first. What the tensors mean is the task's business (`runners.tasks`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 from runners.errors import InvalidTensor, ModelLoadError
 from runners.precision import Precision, unavailable
 from runners.settings import BackendSettings
+from runners.tensors import Tensors
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,8 @@ class Backend(ABC):
         self.model_path = model_path
         self.settings = settings or BackendSettings()
         self.precision: Precision = precision
-        self._input: TensorInfo | None = None
-        self._output: TensorInfo | None = None
+        self._inputs: tuple[TensorInfo, ...] | None = None
+        self._outputs: tuple[TensorInfo, ...] | None = None
 
     @classmethod
     def unsupported(cls, precision: Precision) -> str | None:
@@ -59,7 +64,7 @@ class Backend(ABC):
         if why is not None:
             raise ModelLoadError(f"cannot run {self.model_path} in {self.precision}: {why}")
         try:
-            self._input, self._output = self._load()
+            self._inputs, self._outputs = self._load()
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -68,9 +73,9 @@ class Backend(ABC):
             ) from exc
 
     @abstractmethod
-    def _load(self) -> tuple[TensorInfo, TensorInfo]:
-        """Engine-specific compile in `self.precision`; returns the input and output
-        descriptions."""
+    def _load(self) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+        """Engine-specific compile in `self.precision`; returns the inputs' and the outputs'
+        descriptions, in the graph's order."""
 
     @property
     def runs_in(self) -> str:
@@ -78,45 +83,61 @@ class Backend(ABC):
         return self.precision
 
     @abstractmethod
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Engine-specific inference of a checked batch."""
+    def _run(self, inputs: Tensors) -> Tensors:
+        """Engine-specific inference of checked inputs; every output by name."""
 
     @property
-    def input(self) -> TensorInfo:
-        if self._input is None:
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        if self._inputs is None:
             raise ModelLoadError(f"{self.name} backend for {self.model_path} is not loaded")
-        return self._input
+        return self._inputs
 
     @property
-    def output(self) -> TensorInfo:
-        if self._output is None:
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        if self._outputs is None:
             raise ModelLoadError(f"{self.name} backend for {self.model_path} is not loaded")
-        return self._output
+        return self._outputs
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run a batch (batch axis first); returns one output row per input row."""
-        expected = self.input
-        if batch.dtype != expected.dtype:
-            raise InvalidTensor(f"input dtype {batch.dtype} does not match model {expected.dtype}")
-        if batch.ndim != len(expected.shape) or any(
-            want is not None and want != got
-            for want, got in zip(expected.shape[1:], batch.shape[1:], strict=True)
-        ):
-            raise InvalidTensor(
-                f"input shape {list(batch.shape)} does not match model "
-                f"{[d if d is not None else -1 for d in expected.shape]}"
-            )
-        result = self._run(batch)
-        # The batching contract: a batch's output count equals its input count, or every
-        # request in it would get someone else's answer.
-        if result.shape[0] != batch.shape[0]:
-            raise ModelLoadError(
-                f"{self.model_path} returned {result.shape[0]} rows for {batch.shape[0]} inputs"
-            )
-        return result
+    def infer(self, inputs: Tensors) -> Tensors:
+        """Run one batch: every model input by name (batch axis first, one batch size), every
+        output back by name. Whether outputs follow the batch axis is the task's to check."""
+        expected = {info.name: info for info in self.inputs}
+        if set(inputs) != set(expected):
+            raise InvalidTensor(f"the model takes inputs {sorted(expected)}; got {sorted(inputs)}")
+        sizes = {len(array) if array.ndim else 0 for array in inputs.values()}
+        if len(sizes) != 1:
+            raise InvalidTensor(f"the inputs disagree on the batch size: {sorted(sizes)}")
+        for name, array in inputs.items():
+            _check(name, array, expected[name])
+        return self._run(inputs)
+
+    def sample_inputs(self, batch_size: int, fill: float | None = 0.0, seed: int = 0) -> Tensors:
+        """A batch for every input: `fill` everywhere, or random normal values when None.
+        Dynamic axes other than the batch axis are 1."""
+        rng = np.random.default_rng(seed)
+        batch: Tensors = {}
+        for info in self.inputs:
+            shape = (batch_size, *(d if d is not None else 1 for d in info.shape[1:]))
+            values = np.full(shape, fill) if fill is not None else rng.standard_normal(shape)
+            batch[info.name] = values.astype(info.dtype)
+        return batch
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run zeros through each batch size so first requests do not pay for lazy init."""
-        sample = tuple(d if d is not None else 1 for d in self.input.shape[1:])
         for size in batch_sizes:
-            self.infer(np.zeros((size, *sample), dtype=self.input.dtype))
+            self.infer(self.sample_inputs(size))
+
+
+def _check(name: str, array: np.ndarray, expected: TensorInfo) -> None:
+    if array.dtype != expected.dtype:
+        raise InvalidTensor(
+            f"input {name!r} dtype {array.dtype} does not match model {expected.dtype}"
+        )
+    if array.ndim != len(expected.shape) or any(
+        want is not None and want != got
+        for want, got in zip(expected.shape[1:], array.shape[1:], strict=True)
+    ):
+        raise InvalidTensor(
+            f"input {name!r} shape {list(array.shape)} does not match model "
+            f"{[d if d is not None else -1 for d in expected.shape]}"
+        )

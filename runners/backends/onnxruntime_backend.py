@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runners.backends.base import Backend, TensorInfo
+from runners.tensors import Tensors
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -26,7 +27,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     precisions = frozenset({"fp32", "int8"})
 
-    def _load(self) -> tuple[TensorInfo, TensorInfo]:
+    def _load(self) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.settings.intra_op_threads
@@ -37,14 +38,16 @@ class OnnxRuntimeBackend(Backend):
         self._session = ort.InferenceSession(
             str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        self._input_name, self._output_name = inputs[0].name, outputs[0].name
-        return _info(inputs[0]), _info(outputs[0])
+        self._output_names = [node.name for node in self._session.get_outputs()]
+        return (
+            tuple(_info(node) for node in self._session.get_inputs()),
+            tuple(_info(node) for node in self._session.get_outputs()),
+        )
 
     @property
     def runs_in(self) -> str:
         return "fp32" if self.precision == "fp32" else "int8 (QDQ operators), fp32 elsewhere"
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        result: np.ndarray = self._session.run([self._output_name], {self._input_name: batch})[0]
-        return result
+    def _run(self, inputs: Tensors) -> Tensors:
+        results = self._session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, results, strict=True))

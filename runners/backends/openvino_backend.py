@@ -10,6 +10,7 @@ import openvino as ov
 from runners.backends.base import Backend, TensorInfo
 from runners.errors import ModelLoadError
 from runners.precision import Precision
+from runners.tensors import Tensors
 
 # INFERENCE_PRECISION_HINT per stated precision. Left unset, the CPU plugin picks BF16 on CPUs
 # with AMX (and for the operators an INT8 graph leaves unquantized), so it is always set.
@@ -25,7 +26,7 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     precisions = frozenset(INFERENCE_PRECISION)
 
-    def _load(self) -> tuple[TensorInfo, TensorInfo]:
+    def _load(self) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
         core = ov.Core()
         hint = INFERENCE_PRECISION[self.precision]
         config: dict[str, str] = {
@@ -48,7 +49,10 @@ class OpenVINOBackend(Backend):
             )
         # An infer request is not thread-safe; one per calling thread avoids a global lock.
         self._local = threading.local()
-        return _info(self._compiled.input(0)), _info(self._compiled.output(0))
+        inputs = tuple(_info(port) for port in self._compiled.inputs)
+        outputs = tuple(_info(port) for port in self._compiled.outputs)
+        self._output_names = [info.name for info in outputs]
+        return inputs, outputs
 
     @property
     def runs_in(self) -> str:
@@ -57,10 +61,13 @@ class OpenVINOBackend(Backend):
             return f"int8 (QDQ operators), {hint} elsewhere (INFERENCE_PRECISION_HINT {hint})"
         return f"{self.precision} (INFERENCE_PRECISION_HINT {hint})"
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, inputs: Tensors) -> Tensors:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
-        request.infer({0: batch}, share_inputs=True)
-        # Copy: the request reuses its output buffer on the next call.
-        return np.array(request.get_output_tensor(0).data, copy=True)
+        request.infer(inputs, share_inputs=True)
+        # Copy: the request reuses its output buffers on the next call.
+        return {
+            name: np.array(request.get_output_tensor(i).data, copy=True)
+            for i, name in enumerate(self._output_names)
+        }

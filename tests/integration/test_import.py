@@ -161,8 +161,12 @@ def _samples(folder: Path, spec: PreprocessSpec) -> np.ndarray:
 def _top1(path: Path, samples: np.ndarray, backend: str = "onnxruntime") -> np.ndarray:
     engine = create_backend(backend, path)
     engine.load()
-    step = 1 if engine.input.shape[0] == 1 else len(samples)
-    rows = [engine.infer(samples[i : i + step]) for i in range(0, len(samples), step)]
+    (image,), (scores,) = engine.inputs, engine.outputs
+    step = 1 if image.shape[0] == 1 else len(samples)
+    rows = [
+        engine.infer({image.name: samples[i : i + step]})[scores.name]
+        for i in range(0, len(samples), step)
+    ]
     return np.concatenate(rows).argmax(axis=1)
 
 
@@ -187,7 +191,7 @@ def test_cli_imports_a_dynamic_model_with_labelled_validation(
         assert entry.batching.max_batch_size == 16
         assert entry.batching.preferred_batch_sizes == (4, 8)
         assert entry.preprocess.mean == (0.0, 0.0, 0.0)
-        assert entry.input.dims == (3, SIZE, SIZE)
+        assert entry.inputs[0].dims == (3, SIZE, SIZE)
     card = json.loads((repo / "colours_fp32" / CARD_JSON).read_text())
     assert card["gate"]["mode"] == "labelled"
     assert card["gate"]["passed"] is True
@@ -221,7 +225,8 @@ def test_fixed_batch_one_is_made_dynamic(tmp_path: Path, data: dict[str, Path]) 
         assert _batch_dim(entry.onnx_path).dim_param == "batch"
         engine = create_backend("onnxruntime", entry.onnx_path)
         engine.load()
-        assert engine.infer(np.zeros((3, 3, SIZE, SIZE), dtype=np.float32)).shape == (3, 4)
+        (out,) = engine.infer(engine.sample_inputs(3)).values()
+        assert out.shape == (3, 4)
 
 
 def test_fixed_batch_with_a_hard_reshape_is_published_unbatched(
@@ -277,7 +282,7 @@ def test_nhwc_model_with_an_nhwc_spec_file(tmp_path: Path, data: dict[str, Path]
     entry = read_model(repo / "colours_int8")
     assert entry.preprocess.layout == "NHWC"
     assert entry.preprocess.scale == pytest.approx(1 / 255)  # the flag overrides the file
-    assert entry.input.dims == (SIZE, SIZE, 3)
+    assert entry.inputs[0].dims == (SIZE, SIZE, 3)
     samples = _samples(data["labelled"], entry.preprocess)
     assert samples.shape[1:] == (SIZE, SIZE, 3)
     assert (_top1(entry.onnx_path, samples, "openvino") == _top1(model, samples)).all()

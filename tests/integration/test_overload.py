@@ -36,6 +36,7 @@ from offline.digits import encode_png
 from runners.model import LoadedModel
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import Repository
+from runners.tasks.classification import top1_labels
 from tests.integration.conftest import REPO_ROOT, TEST_LIMITS, Server, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ def images() -> tuple[list[bytes], list[str]]:
     labels = []
     for png in pngs:
         sample = decode_and_preprocess(png, model.entry.preprocess)
-        labels.append(model.top_k(model.scores(sample[np.newaxis]), 1)[0][0].label)
+        labels.append(top1_labels(model, sample[np.newaxis])[0])
     return pngs, labels
 
 

@@ -34,6 +34,7 @@ from offline.digits import encode_png
 from runners.model import LoadedModel
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import Repository
+from runners.tasks.classification import top1_labels
 from tests.integration.conftest import BENTOML, REPO_ROOT, TEST_LIMITS, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def digits() -> Digits:
     images, _ = load_heldout()
     pngs = [encode_png(image) for image in images[::16]]
     samples = np.stack([decode_and_preprocess(png, model.entry.preprocess) for png in pngs])
-    return pngs, [best[0].label for best in model.top_k(model.scores(samples), 1)]
+    return pngs, top1_labels(model, samples)
 
 
 @dataclass

@@ -28,6 +28,8 @@ from runners.model import LoadedModel
 from runners.precision import DESCRIPTIONS, bf16_unavailable, this_cpu
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import Repository
+from runners.tasks.classification import scores, top_k
+from runners.tensors import Tensors
 from serving.coalescer import Coalescer
 from tests.integration.conftest import BENTOML, REPO_ROOT, Server, start_server, stop_server
 
@@ -60,8 +62,8 @@ def reference() -> dict[str, LoadedModel]:
 
 def unbatched(model: LoadedModel, png: bytes) -> tuple[str, float]:
     sample = decode_and_preprocess(png, model.entry.preprocess)
-    best = model.top_k(model.scores(sample[np.newaxis]), 1)[0][0]
-    return best.label, best.score
+    best = top_k(scores(model, sample[np.newaxis]), model.entry.labels, 1)[0][0]
+    return best["label"], best["score"]
 
 
 def jpeg(png: bytes) -> bytes:
@@ -377,34 +379,38 @@ def test_queue_deadline_bound_order_and_failure() -> None:
         calls: list[list[float]] = []
         gate = asyncio.Event()
 
-        async def slow(batch: np.ndarray) -> np.ndarray:
-            calls.append([float(x) for x in batch[:, 0]])
+        async def slow(batch: Tensors) -> Tensors:
+            calls.append([float(x) for x in batch["x"][:, 0]])
             await gate.wait()
-            return batch * 10
+            return {"ten": batch["x"] * 10, "negated": -batch["x"]}
+
+        def one(value: float) -> Tensors:
+            return {"x": np.array([[value]])}
 
         queue = Coalescer(slow, max_batch_size=4, max_queue_images=6)
-        first = asyncio.ensure_future(queue.submit(np.array([[1.0]]), timeout_s=5))
+        first = asyncio.ensure_future(queue.submit(one(1.0), timeout_s=5))
         await asyncio.sleep(0)
         rest = [
-            asyncio.ensure_future(queue.submit(np.array([[float(i)]]), timeout_s=5))
-            for i in range(2, 7)
+            asyncio.ensure_future(queue.submit(one(float(i)), timeout_s=5)) for i in range(2, 7)
         ]
         await asyncio.sleep(0)
         with pytest.raises(DeadlineExceeded, match=r"0\.05 s deadline"):
-            await queue.submit(np.array([[8.0]]), timeout_s=0.05)
+            await queue.submit(one(8.0), timeout_s=0.05)
         with pytest.raises(Overloaded, match="limit is 6"):
-            await queue.submit(np.array([[9.0]]), timeout_s=5)
+            await queue.submit(one(9.0), timeout_s=5)
         gate.set()
-        results = [float(r[0, 0]) for r in await asyncio.gather(first, *rest)]
-        assert results == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+        answers = await asyncio.gather(first, *rest)
+        # Every output of a batch split back by request, each request its own rows.
+        assert [float(r["ten"][0, 0]) for r in answers] == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+        assert [float(r["negated"][0, 0]) for r in answers] == [-1.0, -2, -3, -4, -5, -6]
         assert calls == [[1.0], [2.0, 3.0, 4.0, 5.0], [6.0]]  # FIFO, batches of at most 4
 
-        async def broken(batch: np.ndarray) -> np.ndarray:
+        async def broken(batch: Tensors) -> Tensors:
             raise RuntimeError("engine failed")
 
         failing = Coalescer(broken, max_batch_size=8, max_queue_images=0)
         outcomes = await asyncio.gather(
-            *(failing.submit(np.zeros((1, 1)), timeout_s=5) for _ in range(3)),
+            *(failing.submit({"x": np.zeros((1, 1))}, timeout_s=5) for _ in range(3)),
             return_exceptions=True,
         )
         assert [str(o) for o in outcomes] == ["engine failed"] * 3

@@ -39,6 +39,7 @@ from offline.digits import encode_png
 from runners.model import LoadedModel
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import Repository
+from runners.tasks.classification import top1_labels
 from serving.drain import LOCK_NAME
 from tests.integration.conftest import REPO_ROOT, TEST_LIMITS, start_server, stop_server
 
@@ -74,7 +75,7 @@ def digits() -> tuple[list[bytes], list[str]]:
     images, _ = load_heldout()
     pngs = [encode_png(image) for image in images[::16]]  # the split is sorted by label
     samples = np.stack([decode_and_preprocess(png, model.entry.preprocess) for png in pngs])
-    labels = [best[0].label for best in model.top_k(model.scores(samples), 1)]
+    labels = top1_labels(model, samples)
     return pngs, labels
 
 

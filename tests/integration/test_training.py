@@ -29,5 +29,7 @@ def test_short_training_run_exports_dynamic_batch_onnx(tmp_path: Path) -> None:
     export_onnx(model, tmp_path / "model.onnx")
     backend = create_backend("onnxruntime", tmp_path / "model.onnx")
     backend.load()
-    assert backend.input.shape == (None, 1, 28, 28)
-    assert backend.infer(np.zeros((3, 1, 28, 28), dtype=np.float32)).shape == (3, 10)
+    (image,), (logits,) = backend.inputs, backend.outputs
+    assert image.shape == (None, 1, 28, 28)
+    outputs = backend.infer({image.name: np.zeros((3, 1, 28, 28), dtype=np.float32)})
+    assert outputs[logits.name].shape == (3, 10)

@@ -32,6 +32,7 @@ from runners.backends import create_backend
 from runners.model import LoadedModel
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import Batching, Repository, write_model
+from runners.tasks.classification import scores
 from tests.integration.conftest import REPO_ROOT, free_port
 
 # The bad-input tests run on this module's server: one tritonserver start (~20 s), not two.
@@ -226,7 +227,7 @@ def test_http_and_grpc_agree_with_the_in_process_backend(
     model = local[variant]
     _, blobs = digits
     batch = preprocessed(model, blobs[:4])
-    expected = model.scores(batch)
+    expected = scores(model, batch)
     labels = [model.entry.labels[i].encode() for i in expected.argmax(axis=1)]
     name = model.entry.name
     http = httpclient.InferenceServerClient(server.http)
@@ -249,11 +250,11 @@ def test_metadata_and_config_are_truthful(server: TritonProcess, repository: Rep
     for entry in repository:
         metadata = http.get_model_metadata(entry.name)
         assert {i["name"]: (i["datatype"], i["shape"]) for i in metadata["inputs"]} == {
-            "input": ("FP32", [-1, *entry.input.dims]),
+            "input": ("FP32", [-1, *entry.inputs[0].dims]),
             "image": ("BYTES", [-1, 1]),
         }
         assert {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]} == {
-            "scores": ("FP32", [-1, *entry.output.dims]),
+            "scores": ("FP32", [-1, *entry.outputs[0].dims]),
             "label": ("BYTES", [-1, 1]),
         }
         config = http.get_model_config(entry.name)
@@ -281,7 +282,7 @@ def test_concurrent_clients_each_get_their_own_answer(
 ) -> None:
     model = local["fp32"]
     _, blobs = digits
-    expected = model.scores(preprocessed(model, blobs))
+    expected = scores(model, preprocessed(model, blobs))
 
     def one(i: int) -> np.ndarray:
         if i % 2:
@@ -295,8 +296,8 @@ def test_concurrent_clients_each_get_their_own_answer(
     for _ in range(3):
         with ThreadPoolExecutor(16) as pool:
             results = list(pool.map(one, range(len(blobs))))
-        for i, scores in enumerate(results):
-            np.testing.assert_allclose(scores[0], expected[i], rtol=1e-5, atol=1e-6)
+        for i, answer in enumerate(results):
+            np.testing.assert_allclose(answer[0], expected[i], rtol=1e-5, atol=1e-6)
 
 
 def test_a_bad_image_fails_only_its_own_request(server: TritonProcess, digits) -> None:

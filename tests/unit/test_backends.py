@@ -3,11 +3,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.backends import BACKENDS, create_backend
+from runners.backends import BACKENDS, Backend, create_backend
 from runners.errors import InvalidTensor, ModelLoadError, NotFound
 from runners.precision import this_cpu
 from runners.settings import BackendSettings
-from tests.models import tiny_classifier
+from tests.models import tiny_classifier, two_headed
+
+
+def run(backend: Backend, batch: np.ndarray) -> np.ndarray:
+    """The tiny classifier's one output for a batch of its one input."""
+    return backend.infer({"input": batch})["logits"]
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +24,14 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_backend_runs_a_batch_and_describes_tensors(name: str, model_path: Path) -> None:
     backend = create_backend(name, model_path, BackendSettings(intra_op_threads=1))
     backend.load()
-    assert backend.input.name == "input"
-    assert backend.input.shape == (None, 3, 8, 8)
-    assert backend.output.shape == (None, 3)
+    (image,), (logits,) = backend.inputs, backend.outputs
+    assert (image.name, image.shape) == ("input", (None, 3, 8, 8))
+    assert (logits.name, logits.shape) == ("logits", (None, 3))
     batch = np.random.default_rng(1).standard_normal((5, 3, 8, 8)).astype(np.float32)
-    out = backend.infer(batch)
-    assert out.shape == (5, 3)
-    assert np.isfinite(out).all()
+    outputs = backend.infer({"input": batch})
+    assert set(outputs) == {"logits"}
+    assert outputs["logits"].shape == (5, 3)
+    assert np.isfinite(outputs["logits"]).all()
     backend.warmup((1, 4))
 
 
@@ -35,7 +41,7 @@ def test_backends_agree(model_path: Path) -> None:
     for name in BACKENDS:
         backend = create_backend(name, model_path)
         backend.load()
-        outputs.append(backend.infer(batch))
+        outputs.append(run(backend, batch))
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
 
 
@@ -44,8 +50,8 @@ def test_rows_are_independent_of_batch_neighbours(name: str, model_path: Path) -
     backend = create_backend(name, model_path)
     backend.load()
     batch = np.random.default_rng(3).standard_normal((6, 3, 8, 8)).astype(np.float32)
-    together = backend.infer(batch)
-    alone = np.concatenate([backend.infer(batch[i : i + 1]) for i in range(6)])
+    together = run(backend, batch)
+    alone = np.concatenate([run(backend, batch[i : i + 1]) for i in range(6)])
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
 
 
@@ -53,12 +59,14 @@ def test_rows_are_independent_of_batch_neighbours(name: str, model_path: Path) -
 def test_wrong_dtype_and_shape_are_invalid_tensors(name: str, model_path: Path) -> None:
     backend = create_backend(name, model_path)
     backend.load()
-    with pytest.raises(InvalidTensor, match="dtype"):
-        backend.infer(np.zeros((1, 3, 8, 8), dtype=np.float64))
+    with pytest.raises(InvalidTensor, match="input 'input' dtype"):
+        run(backend, np.zeros((1, 3, 8, 8), dtype=np.float64))
+    with pytest.raises(InvalidTensor, match="input 'input' shape"):
+        run(backend, np.zeros((1, 3, 9, 8), dtype=np.float32))
     with pytest.raises(InvalidTensor, match="shape"):
-        backend.infer(np.zeros((1, 3, 9, 8), dtype=np.float32))
-    with pytest.raises(InvalidTensor, match="shape"):
-        backend.infer(np.zeros((3, 8, 8), dtype=np.float32))
+        run(backend, np.zeros((3, 8, 8), dtype=np.float32))
+    with pytest.raises(InvalidTensor, match=r"takes inputs \['input'\]; got \['image'\]"):
+        backend.infer({"image": np.zeros((1, 3, 8, 8), dtype=np.float32)})
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -76,7 +84,7 @@ def test_missing_and_corrupt_files_name_the_file(name: str, tmp_path: Path) -> N
 def test_unloaded_backend_and_unknown_backend() -> None:
     backend = create_backend("onnxruntime", Path("nowhere.onnx"))
     with pytest.raises(ModelLoadError, match="not loaded"):
-        _ = backend.input
+        _ = backend.inputs
     with pytest.raises(NotFound, match="onnxruntime, openvino"):
         create_backend("tensorflow", Path("x.onnx"))
 
@@ -117,7 +125,28 @@ def test_openvino_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(
         fp32.load()
         assert bf16.runs_in == "bf16 (INFERENCE_PRECISION_HINT bf16)"
         # BF16 keeps 8 bits of mantissa: close to FP32's answers, not equal to them.
-        np.testing.assert_allclose(bf16.infer(batch), fp32.infer(batch), rtol=0.05, atol=0.1)
+        np.testing.assert_allclose(run(bf16, batch), run(fp32, batch), rtol=0.05, atol=0.1)
     else:
         with pytest.raises(ModelLoadError, match="neither AMX-BF16 nor AVX512-BF16"):
             bf16.load()
+
+
+def test_named_tensors_in_and_out_for_a_model_with_two_of_each(tmp_path: Path) -> None:
+    """Engines are task-neutral: every input by name in, every output by name out."""
+    path = two_headed(tmp_path / "two.onnx")
+    batch = {
+        "image": np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32),
+        "bias": np.ones((4, 3), np.float32),
+    }
+    answers = []
+    for name in BACKENDS:
+        backend = create_backend(name, path)
+        backend.load()
+        assert [t.name for t in backend.inputs] == ["image", "bias"]
+        assert [t.name for t in backend.outputs] == ["sum", "double"]
+        answers.append(backend.infer(batch))
+        with pytest.raises(InvalidTensor, match="disagree on the batch size"):
+            backend.infer({"image": batch["image"], "bias": batch["bias"][:2]})
+    for outputs in answers:
+        np.testing.assert_allclose(outputs["sum"], batch["image"] + 1, rtol=1e-6)
+        np.testing.assert_allclose(outputs["double"], batch["image"] * 2, rtol=1e-6)

@@ -16,7 +16,7 @@ def test_the_repository_read_without_batching() -> None:
     assert unbatched.batching.max_queue_delay_us == 0
     assert unbatched.batching.preferred_batch_sizes == ()
     assert unbatched.batching.max_queue_size == batched.batching.max_queue_size
-    assert unbatched.input == batched.input  # the signature keeps its batch axis
+    assert unbatched.inputs == batched.inputs  # the signature keeps its batch axis
 
 
 def test_triton_serves_it_without_a_dynamic_batcher() -> None:

@@ -28,8 +28,8 @@ def make_entry(root: Path, variant: str = "fp32", max_batch_size: int = 8) -> Mo
         variant=variant,  # type: ignore[arg-type]
         version=1,
         directory=root / f"tiny_{variant}",
-        input=TensorSpec(name="input", dims=spec.sample_shape),
-        output=TensorSpec(name="logits", dims=(3,)),
+        inputs=(TensorSpec(name="input", dims=spec.sample_shape),),
+        outputs=(TensorSpec(name="logits", dims=(3,)),),
         labels=("a", "b", "c"),
         preprocess=spec,
         batching=Batching(
@@ -69,7 +69,7 @@ def test_unbatched_models_list_their_batch_axis(tmp_path: Path) -> None:
     )
     assert list(config.input[0].dims) == [1, 1, 8, 8]
     assert not config.HasField("dynamic_batching")
-    assert read_model(entry.directory).input.dims == (1, 8, 8)
+    assert read_model(entry.directory).inputs[0].dims == (1, 8, 8)
 
 
 def test_repository_groups_variants_and_names_what_exists(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_labels_must_match_output_dims(tmp_path: Path) -> None:
 
 def test_spec_must_match_input_dims(tmp_path: Path) -> None:
     entry = make_entry(tmp_path / "repo")
-    wrong = entry.model_copy(update={"input": TensorSpec(name="input", dims=(3, 8, 8))})
+    wrong = entry.model_copy(update={"inputs": (TensorSpec(name="input", dims=(3, 8, 8)),)})
     onnx_file = tiny_classifier(tmp_path / "src" / "model.onnx")
     with pytest.raises(RepositoryError, match="contradict the preprocessing"):
         write_model(wrong, onnx_file)

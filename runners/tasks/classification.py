@@ -1,0 +1,130 @@
+"""Image classification: one image tensor in, one row of class scores out, top-k answers.
+
+The model has one input (a preprocessed image, `PreprocessSpec.sample_shape`) and one output
+of one score per label (logits, or probabilities when the graph ends in a softmax). Its
+answer is the top-k labels with scores; its metric is the count of top-1 labels, the input
+to drift monitoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import numpy as np
+
+from runners.errors import RepositoryError
+from runners.preprocessing import ImageLimits, decode_and_preprocess_many
+from runners.tasks.base import AnswerOptions, Prepared, Task
+from runners.tensors import Tensors
+
+if TYPE_CHECKING:
+    from runners.model import LoadedModel
+    from runners.repository import ModelEntry
+
+SCORES = "scores"  # the Triton output of class probabilities
+LABEL = "label"  # the Triton output of the top-1 label
+
+
+class Prediction(TypedDict):
+    """One label of an answer, as the JSON answer carries it."""
+
+    label: str
+    index: int
+    score: float
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
+def top_k(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[list[Prediction]]:
+    """Best `k` labels per row, highest first (ties keep label order).
+
+    Built from Python lists (`tolist` converts each float32 score to the same float as
+    `float()` does), as the dicts the answer serialises: no numpy scalar per score.
+    """
+    k = min(k, scores.shape[1])
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k].tolist()
+    return [
+        [{"label": labels[i], "index": i, "score": row[i]} for i in order]
+        for row, order in zip(scores.tolist(), best, strict=True)
+    ]
+
+
+class Classification(Task):
+    name = "classification"
+    answer_key = "predictions"
+    route = "/v1/classify"
+    endpoint = "classify"
+
+    def check(self, entry: ModelEntry, source: str) -> None:
+        if len(entry.inputs) != 1 or len(entry.outputs) != 1:
+            raise RepositoryError(
+                f"{source}: an image classifier has exactly one input and one output"
+            )
+        (image,), (scores,) = entry.inputs, entry.outputs
+        if image.dims != entry.preprocess.sample_shape:
+            raise RepositoryError(
+                f"{source}: input dims {list(image.dims)} contradict the preprocessing "
+                f"spec's sample shape {list(entry.preprocess.sample_shape)}"
+            )
+        if len(scores.dims) != 1 or scores.dims[0] != len(entry.labels):
+            raise RepositoryError(
+                f"{entry.directory / 'labels.txt'} has {len(entry.labels)} labels, but "
+                f"{source} declares output dims {list(scores.dims)} (one label per class)"
+            )
+
+    def prepare(self, entry: ModelEntry, images: Sequence[bytes], limits: ImageLimits) -> Prepared:
+        batch, failures = decode_and_preprocess_many(images, entry.preprocess, limits)
+        return Prepared(
+            inputs={entry.inputs[0].name: batch},
+            metas=[None] * len(batch),
+            failures=failures,
+        )
+
+    def scores(self, entry: ModelEntry, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Class probabilities, one row per image."""
+        out = outputs[entry.outputs[0].name].astype(np.float32, copy=False)
+        return softmax(out) if entry.output_kind == "logits" else out
+
+    def postprocess(
+        self, entry: ModelEntry, outputs: Tensors, metas: Sequence[Any], options: AnswerOptions
+    ) -> list[list[Prediction]]:
+        return top_k(self.scores(entry, outputs), entry.labels, options.top_k)
+
+    def observe(
+        self, metrics: Any, labels: Mapping[str, str], answers: Sequence[list[Prediction]]
+    ) -> None:
+        counts: dict[str, int] = {}
+        for answer in answers:  # one increment per label, not per image
+            counts[answer[0]["label"]] = counts.get(answer[0]["label"], 0) + 1
+        for label, count in counts.items():
+            metrics.predictions.labels(**labels, label=label).inc(count)
+
+    def triton_outputs(self, entry: ModelEntry) -> list[tuple[str, type, tuple[int, ...]]]:
+        """The Triton model's outputs: name, dtype, dims without the batch axis."""
+        return [(SCORES, np.float32, entry.outputs[0].dims), (LABEL, np.bytes_, (1,))]
+
+    def triton_answer(self, entry: ModelEntry, outputs: Tensors) -> Tensors:
+        """The Triton outputs of a batch, one row per image."""
+        scores = self.scores(entry, outputs)
+        names = np.array([label.encode() for label in entry.labels], dtype=np.bytes_)
+        return {SCORES: scores, LABEL: names[np.argmax(scores, axis=1)].reshape(-1, 1)}
+
+
+CLASSIFICATION = Classification()
+
+
+def scores(model: LoadedModel, batch: np.ndarray | Tensors) -> np.ndarray:
+    """A loaded classifier's class probabilities for a preprocessed batch, in process."""
+    return CLASSIFICATION.scores(model.entry, model.run(batch))
+
+
+def top1_labels(model: LoadedModel, batch: np.ndarray | Tensors) -> list[str]:
+    """A loaded classifier's top-1 label per row of a preprocessed batch, in process."""
+    best = np.argmax(scores(model, batch), axis=1)
+    return [model.entry.labels[i] for i in best]
