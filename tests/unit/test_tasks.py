@@ -78,9 +78,9 @@ def test_packing_carries_several_tensors_as_one_array_and_one_as_it_is(tmp_path:
         "boxes": np.arange(3 * 8, dtype=np.float32).reshape(3, 2, 4),
         "scores": np.arange(6, dtype=np.float32).reshape(3, 2),
     }
-    packed = pack(tensors, specs)  # type: ignore[arg-type]
+    packed = pack(tensors, specs)
     assert packed.shape == (3, 10)
-    back = unpack(packed, specs)  # type: ignore[arg-type]
+    back = unpack(packed, specs)
     for name, array in tensors.items():
         np.testing.assert_array_equal(back[name], array)
 
