@@ -11,18 +11,16 @@ import math
 
 import httpx
 
-# (numerator, denominator) of each figure, per server kind.
+# (numerator, denominator, scale) of each figure, per server kind.
 QUERIES = {
     "bentoml": {
-        "batch_size": ("imgserve_batch_size_sum", "imgserve_batch_size_count"),
-        "queue_wait_ms": ("imgserve_queue_wait_ms_sum", "imgserve_queue_wait_ms_count"),
+        "batch_size": ("imgserve_batch_size_sum", "imgserve_batch_size_count", 1.0),
+        "queue_wait_ms": ("imgserve_queue_wait_ms_sum", "imgserve_queue_wait_ms_count", 1.0),
     },
     "triton": {
-        "batch_size": ("nv_inference_count", "nv_inference_exec_count"),
-        "queue_wait_ms": (
-            "imgserve_triton_queue_wait_ms_sum",
-            "imgserve_triton_queue_wait_ms_count",
-        ),
+        "batch_size": ("nv_inference_count", "nv_inference_exec_count", 1.0),
+        # Triton's own cumulative queue time (us) over its successful requests.
+        "queue_wait_ms": ("nv_inference_queue_duration_us", "nv_inference_request_success", 1e-3),
     },
 }
 
@@ -47,9 +45,9 @@ def window_figures(  # noqa: PLR0917 (a window and what it measured read best in
     window_ms = max(1000, int((end_unix - start_unix) * 1000))
     out: dict[str, float | None] = {}
     with httpx.Client(base_url=prometheus_url, timeout=10) as client:
-        for figure, (top, bottom) in QUERIES.get(server, {}).items():
+        for figure, (top, bottom, scale) in QUERIES.get(server, {}).items():
             expr = (
-                f"sum(increase({top}{_selector(top, model, variant)}[{window_ms}ms]))"
+                f"{scale} * sum(increase({top}{_selector(top, model, variant)}[{window_ms}ms]))"
                 f" / sum(increase({bottom}{_selector(bottom, model, variant)}"
                 f"[{window_ms}ms]))"
             )

@@ -203,12 +203,17 @@ def serving_overview() -> dashboard.Dashboard:
             "Triton's own counter (nv_inference_request_success) per served model.",
         ))
         .with_panel(_timeseries(
-            "Triton: latency p50 / p99 and queue wait p99", "ms",
-            [(_quantile(q, "imgserve_triton_request_duration_ms", "variant, protocol", TRITON_SEL),
-              f"p{int(q * 100)} {{{{variant}}}} {{{{protocol}}}}") for q in (0.5, 0.99)]
-            + [(_quantile(0.99, "imgserve_triton_queue_wait_ms", "variant", TRITON_SEL),
-                "queue wait p99 {{variant}}")],
-            "Receipt to response and dynamic-batcher queue wait, from Triton's traces.",
+            "Triton: latency p50 / p99, queue wait p99, batch compute p99", "ms",
+            [(f'max by (model) (nv_inference_request_summary_us{{model=~"($model)_($variant)", '
+              f'quantile="{q}"}}) / 1000', f"p{int(float(q) * 100)} {{{{model}}}}")
+             for q in ("0.5", "0.99")]
+            + [('max by (model) (nv_inference_queue_summary_us{model=~"($model)_($variant)", '
+                'quantile="0.99"}) / 1000', "queue wait p99 {{model}}"),
+               (_quantile(0.99, "imgserve_triton_compute_ms", "variant", TRITON_SEL),
+                "batch compute p99 {{variant}}")],
+            "Receipt to response and dynamic-batcher queue wait from Triton's own latency "
+            "summaries (the worst server's quantile), and the compute of one batch from the "
+            "launcher's histogram.",
         ))
         .with_panel(_timeseries(
             "Triton: mean batch size", "short",

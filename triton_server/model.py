@@ -35,7 +35,7 @@ logger = logging.getLogger("triton_server")
 
 IMAGE_INPUT = "image"
 
-# (rows in the batch, seconds the backend took) -> None; the metrics hook.
+# (rows in the batch, seconds the batch took here, decoding included) -> None; the metrics hook.
 BatchObserver = Callable[[int, float], None]
 
 
@@ -102,6 +102,7 @@ class Replica:
         self._names = [t.name for t in model.entry.inputs]
 
     def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+        started = time.perf_counter()
         slots: list[tuple[int, int] | ServingError] = []
         parts: list[Tensors] = []
         rows = 0
@@ -121,7 +122,6 @@ class Replica:
             return [error_output(slot) for slot in slots if isinstance(slot, ServingError)]
         entry, task = self.model.entry, self.model.task
         try:
-            started = time.perf_counter()
             outputs = self.model.run(concat(parts))
             answer = task.triton_answer(entry, outputs)
             (answer,) = task.split(answer, [rows], entry.name)  # one row per input row

@@ -4,8 +4,6 @@
   backend) answers the reserved error output of `triton_server.errors` as a per-request
   Triton error instead of an output tensor, and whose generated `config.pbtxt` carries the
   project's parameters (its precision), which `GET /v2/models/<name>/config` shows.
-- `set_trace_config`: passes `--trace-config` to tritonserver. `TritonConfig.trace_config`
-  would also do that, but PyTriton then insists on an OpenTelemetry exporter.
 - `repository_access`: where the local model store is and the headers its model-repository
   API wants (PyTriton guards that API with a token), for the readiness gates and the drain.
 - `launch` and `set_up_models`: the two halves of `Triton.run` that the launcher calls apart,
@@ -131,14 +129,6 @@ def bind(
             config=config,
             strict=False,
         )
-
-
-def set_trace_config(triton: Triton, settings: Sequence[str]) -> None:
-    """Add `--trace-config` settings to the tritonserver command line (before it starts)."""
-    server_config = getattr(triton, "_triton_server_config", None)
-    if server_config is None:
-        raise RuntimeError("pytriton.triton.Triton has no _triton_server_config; cannot trace")
-    server_config["trace_config"] = list(settings)
 
 
 def repository_access(triton: Triton) -> tuple[Path, dict[str, str]]:

@@ -16,11 +16,9 @@ import ctypes
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import TracebackType
 
 import psutil  # a dependency of BentoML's, which this project installs
@@ -35,7 +33,7 @@ from runners.settings import BackendSettings
 from triton_server import drain as triton_drain
 from triton_server import model as triton_model
 from triton_server import pytriton_compat, readiness
-from triton_server.latency import LatencyMetrics, MetricsEndpoint, ModelLabels, TraceReader
+from triton_server.latency import SUMMARY_METRICS_CONFIG, LatencyMetrics, MetricsEndpoint
 from triton_server.settings import TritonSettings
 
 logger = logging.getLogger("triton_server")
@@ -127,7 +125,6 @@ class TritonFrontEnd:
         self.models: dict[str, LoadedModel] = {}
         self.metrics = LatencyMetrics()
         self._triton: Triton | None = None
-        self._traces: TraceReader | None = None
         self._endpoint: MetricsEndpoint | None = None
         self._lock = threading.Lock()
         self._shared_memory: set[str] = set()
@@ -181,6 +178,8 @@ class TritonFrontEnd:
                 exit_timeout_secs=EXIT_LINGER_S,
                 # The loading gate's load fails on purpose (triton_server.readiness).
                 exit_on_error=False,
+                # Latency quantiles without request tracing (triton_server.latency says why).
+                metrics_config=SUMMARY_METRICS_CONFIG,
             ),
             # Live at once, ready only when every model is ready and warm. PyTriton's default
             # starts tritonserver with an empty store and loads the models into it afterwards,
@@ -201,8 +200,6 @@ class TritonFrontEnd:
             gate = readiness.LoadingGate(repository, store)
             self._gate = gate
             gate.close()
-            if settings.latency_metrics_port:
-                self._trace_latency(triton)
             _become_subreaper()
             pytriton_compat.launch(triton)
             repository.wait_live(STARTUP_TIMEOUT_S, running=triton.is_alive)
@@ -251,44 +248,22 @@ class TritonFrontEnd:
         )
         return self
 
-    def _trace_latency(self, triton: Triton) -> None:
-        """Before tritonserver starts: where it writes its request traces."""
-        settings = self.settings
-        self._traces = TraceReader(
-            Path(tempfile.mkdtemp(prefix="imgserve-traces-")), self.metrics, {}
-        )
-        pytriton_compat.set_trace_config(
-            triton,
-            [
-                "mode=triton",
-                "level=TIMESTAMPS",
-                f"rate={settings.latency_trace_rate}",
-                f"triton,file={self._traces.trace_file}",
-                f"triton,log-frequency={settings.latency_trace_flush_every}",
-            ],
-        )
-
     def _start_latency_metrics(self) -> None:
-        """Once the engines are loaded (their names label the histograms)."""
-        if self._traces is None:
-            return
-        self._traces.labels.update(
-            {
-                name: ModelLabels(m.entry.family, m.entry.variant, m.backend.name)
-                for name, m in self.models.items()
-            }
-        )
-        self._traces.start()
-        self._endpoint = MetricsEndpoint(
-            self.metrics, self.settings.triton_host, self.settings.latency_metrics_port
-        )
+        """The launcher's histograms (`triton_server.latency`) on their own port."""
+        if self.settings.latency_metrics_port:
+            self._endpoint = MetricsEndpoint(
+                self.metrics, self.settings.triton_host, self.settings.latency_metrics_port
+            )
 
     def _bind(self, triton: Triton, entry: ModelEntry) -> None:
         loaded = self.models[entry.name]
-        rows = self.metrics.batch_rows.labels(entry.family, entry.variant, loaded.backend.name)
+        labels = (entry.family, entry.variant, loaded.backend.name)
+        rows = self.metrics.batch_rows.labels(*labels)
+        compute_ms = self.metrics.compute_ms.labels(*labels)
 
-        def on_batch(count: int, _seconds: float) -> None:
+        def on_batch(count: int, seconds: float) -> None:
             rows.observe(count)
+            compute_ms.observe(seconds * 1000)
 
         replicas = [
             triton_model.Replica(loaded, self.settings.image_limits, on_batch)
@@ -375,7 +350,6 @@ class TritonFrontEnd:
             self._gate.let_go()  # a gate still loading would hold tritonserver's exit
         with self._lock:
             triton, self._triton = self._triton, None
-            traces, self._traces = self._traces, None
             endpoint, self._endpoint = self._endpoint, None
         if triton is not None:
             triton.stop()
@@ -391,8 +365,6 @@ class TritonFrontEnd:
                     logger.warning("removing shared memory the server left: %s", path)
                     with contextlib.suppress(OSError):
                         os.unlink(path)
-        if traces is not None:
-            traces.stop()
         if endpoint is not None:
             endpoint.stop()
 

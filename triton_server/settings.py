@@ -43,13 +43,7 @@ class TritonSettings(ProjectSettings):
         default=8003,
         ge=0,
         le=65535,
-        description="The project's latency histograms (imgserve_triton_*); 0 turns them off.",
-    )
-    latency_trace_rate: int = Field(
-        default=1, ge=1, description="Trace one request in this many for the latency histograms."
-    )
-    latency_trace_flush_every: int = Field(
-        default=100, ge=1, description="Traces Triton buffers before writing them out."
+        description="The launcher's batch histograms (imgserve_triton_*); 0 turns them off.",
     )
     shutdown_timeout_s: int = Field(
         default=10,
