@@ -25,8 +25,9 @@ def promtool(*args: str, cwd: Path = PROMETHEUS) -> str:
 def test_promtool_check_config_and_rules() -> None:
     assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
     out = promtool("check", "rules", "rules/recording.yml", "rules/alerts.yml")
-    assert "19 rules found" in out
-    assert "5 rules found" in out
+    for name in ("recording", "alerts"):  # promtool read every rule the file holds
+        groups = yaml.safe_load((PROMETHEUS / "rules" / f"{name}.yml").read_text())["groups"]
+        assert f"{sum(len(group['rules']) for group in groups)} rules found" in out
 
 
 def test_promtool_rule_unit_tests() -> None:
