@@ -14,6 +14,7 @@ from typing import Any
 
 import bentoml
 
+from lifecycle import consistency
 from runners.errors import ServingError
 from runners.modelfile import check_model_file
 from runners.settings import BackendSettings
@@ -48,8 +49,9 @@ def served_catalog(settings: ServingSettings, backend_settings: BackendSettings)
     answers 200 and /readyz 503 with no reason. Under Kubernetes an exit with one line naming
     the file is the clearer failure: the pod shows Error / CrashLoopBackOff, the line is in
     `kubectl logs --previous`, and a rolling update stops at its first new pod while the old
-    ones keep serving. So the repository (labels against output dims included) is read, and
-    each served model file checked, in the arbiter, before a port is bound or a worker starts.
+    ones keep serving. So the repository (labels against output dims included) is read, its
+    agreement with the model registry checked (lifecycle.consistency), and each served model
+    file checked, in the arbiter, before a port is bound or a worker starts.
     The file check parses (no session is built: a slow-compiling model still loads in its
     runner, with /livez 200 and /readyz 503 until every variant is loaded and warmed); the
     workers, which import this module too, skip it (they have a worker index).
@@ -57,6 +59,7 @@ def served_catalog(settings: ServingSettings, backend_settings: BackendSettings)
     try:
         catalog = Catalog(settings, backend_settings)
         if bentoml.server_context.worker_index is None:
+            consistency.check(settings.repository, settings.models)
             for served in catalog:
                 check_model_file(served.entry.onnx_path)
             # What this check cannot see, a runner's engine can: it stops the server then.

@@ -1,21 +1,31 @@
 """Offline model work from the command line.
 
 python -m offline models [--profiles]    build whatever the repository is missing
-python -m offline digits [--retrain]     (re)publish the default digits model
+python -m offline digits [--retrain]     build a new version of the default digits model
 python -m offline profile NAME|all       build a load-profile model
 python -m offline import ...             bring your own ONNX image classifier
+python -m offline versions NAME          the registry's versions of a model and its aliases
+python -m offline promote NAME VERSION   serve a registry version: repository, then champion
 python -m offline heldout                export the held-out digits to data/
+
+Every build goes into a staging folder, is recorded in the model registry as a new version
+(lifecycle.registry), and is served at once only when the model has no champion yet;
+otherwise it is the challenger until it is promoted.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from runners.errors import ServingError
+from lifecycle.promote import adopt, family_entries, promote, publish_built
+from lifecycle.registry import Registry
+from runners.errors import ModelImportError, ServingError
 from runners.precision import bf16_unavailable
 from runners.repository import CARD_JSON
 from runners.settings import REPO_ROOT
@@ -25,10 +35,9 @@ DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
 
 
 def _missing(repository: Path, family: str) -> bool:
+    entries = family_entries(repository, family)
     return not all(
-        (repository / f"{family}_{variant}" / "config.pbtxt").is_file()
-        and (repository / f"{family}_{variant}" / "1" / "model.onnx").is_file()
-        for variant in ("fp32", "int8")
+        variant in entries and entries[variant].onnx_path.is_file() for variant in ("fp32", "int8")
     )
 
 
@@ -56,24 +65,38 @@ def _why_build(repository: Path, family: str) -> str | None:
 def _models(args: argparse.Namespace) -> None:
     from offline import digits, profiles
 
-    why = _why_build(args.repository, digits.FAMILY)
-    if why:
-        log.info("building the default model (digits) into %s (%s)", args.repository, why)
-        digits.build(args.repository)
+    registry = Registry()
+    builds: dict[str, Callable[[Path], object]] = {
+        digits.FAMILY: functools.partial(digits.build, source=args.repository)
+    }
     if args.profiles:
         for architecture, family in profiles.PROFILES.items():
-            why = _why_build(args.repository, family)
-            if why:
-                log.info("building load profile %s into %s (%s)", family, args.repository, why)
-                profiles.build(architecture, args.repository)
+            builds[family] = functools.partial(profiles.build, architecture)
+    for family, build in builds.items():
+        why = _why_build(args.repository, family)
+        if why:
+            log.info("building %s into %s (%s)", family, args.repository, why)
+            # A rebuild that decides bf16 on this CPU replaces the model it rebuilt.
+            publish_built(registry, args.repository, family, build, why, promote_anyway=True)
+        else:
+            adopt(registry, args.repository, family)
     log.info("model repository %s is complete", args.repository)
 
 
 def _digits(args: argparse.Namespace) -> None:
     from offline import digits
 
-    card = digits.build(args.repository, retrain=args.retrain, epochs=args.epochs)
-    log.info("published digits: %s", card.gate.explain())
+    how = "retrained" if args.retrain else "rebuilt from the served FP32 file"
+    published = publish_built(
+        Registry(),
+        args.repository,
+        digits.FAMILY,
+        lambda staging: digits.build(
+            staging, retrain=args.retrain, epochs=args.epochs, source=args.repository
+        ),
+        f"{how} ({args.epochs} epochs)" if args.retrain else how,
+    )
+    _report(published.version.number, digits.FAMILY, published.promoted)
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -81,14 +104,51 @@ def _profile(args: argparse.Namespace) -> None:
 
     names = list(profiles.PROFILES) if args.name == "all" else [args.name]
     for name in names:
-        card = profiles.build(name, args.repository, measure_duration_s=args.measure_duration_s)
-        log.info("published %s: %s", card.family, card.gate.explain())
+        published = publish_built(
+            Registry(),
+            args.repository,
+            profiles.PROFILES[name],
+            functools.partial(profiles.build, name, measure_duration_s=args.measure_duration_s),
+            f"load profile {name}",
+        )
+        _report(published.version.number, profiles.PROFILES[name], published.promoted)
+
+
+def _report(number: int, family: str, promoted: bool) -> None:
+    if promoted:
+        log.info("published %s version %d: the champion, served", family, number)
+    else:
+        log.info(
+            "registered %s version %d as the challenger; serve it with: "
+            "python -m offline promote %s %d", family, number, family, number,
+        )  # fmt: skip
 
 
 def _import(args: argparse.Namespace) -> None:
     from offline.importing import cli
 
-    cli.run(args)
+    repository = args.repository
+    if family_entries(repository, args.name) and not args.replace:
+        raise ModelImportError(
+            f"{repository} already serves a model named {args.name!r}; --replace registers the "
+            f"import as its next version"
+        )
+
+    def build(staging: Path) -> None:
+        args.repository = staging
+        cli.run(args)
+
+    published = publish_built(Registry(), repository, args.name, build, "imported")
+    _report(published.version.number, args.name, published.promoted)
+
+
+def _versions(args: argparse.Namespace) -> None:
+    for version in Registry().versions(args.name):
+        sys.stdout.write(json.dumps(version.describe()) + "\n")
+
+
+def _promote(args: argparse.Namespace) -> None:
+    promote(Registry(), args.repository, args.name, args.version)
 
 
 def _heldout(_: argparse.Namespace) -> None:
@@ -122,6 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     importing.add_arguments(imported)
     imported.set_defaults(handler=_import)
+    versions = commands.add_parser("versions", help="a model's registry versions, one JSON each")
+    versions.add_argument("name")
+    versions.set_defaults(handler=_versions)
+    promoted = commands.add_parser(
+        "promote", help="serve a registry version (write the repository, then the champion alias)"
+    )
+    promoted.add_argument("name")
+    promoted.add_argument("version", type=int)
+    promoted.set_defaults(handler=_promote)
     heldout = commands.add_parser("heldout", help="export the held-out digits split")
     heldout.set_defaults(handler=_heldout)
     args = parser.parse_args(argv)

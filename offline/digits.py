@@ -18,8 +18,9 @@ from offline.card import ModelCard
 from offline.data import load_splits
 from offline.publish import PublishRequest, publish
 from offline.quantize import QUANTIZERS
+from runners.errors import RepositoryError
 from runners.preprocessing import PreprocessSpec, decode_and_preprocess
-from runners.repository import Batching
+from runners.repository import Batching, read_model
 
 FAMILY = "digits"
 SPEC = PreprocessSpec(
@@ -43,7 +44,12 @@ def as_served(images: np.ndarray) -> np.ndarray:
 
 
 def fp32_source(repository: Path) -> Path:
-    return repository / f"{FAMILY}_fp32" / "1" / "model.onnx"
+    """The FP32 file the repository serves (its version folder), or where version 1 goes."""
+    directory = repository / f"{FAMILY}_fp32"
+    try:
+        return read_model(directory).onnx_path
+    except RepositoryError:
+        return directory / "1" / "model.onnx"
 
 
 def build(
@@ -52,11 +58,15 @@ def build(
     epochs: int = 30,
     quantizers: tuple[str, ...] = tuple(QUANTIZERS),
     measure_duration_s: float = 1.0,
+    *,
+    source: Path | None = None,
 ) -> ModelCard:
-    """Publish digits_fp32 and digits_int8 (gated on the held-out split)."""
+    """Publish digits_fp32 and digits_int8 (gated on the held-out split) into `repository`.
+    Without `retrain` the FP32 file is the one repository `source` (default: the same one)
+    serves, and it is trained anew only where there is none."""
     splits = load_splits()
     with tempfile.TemporaryDirectory(prefix="digits-") as scratch:
-        source = fp32_source(repository)
+        source = fp32_source(source or repository)
         if retrain or not source.is_file():
             from offline.train import export_onnx, train  # train extra: torch
 

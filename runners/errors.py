@@ -122,3 +122,11 @@ class AccuracyGateFailed(ServingError):
 
     http_status = 422
     reason = "accuracy_gate"
+
+
+class RegistryError(ServingError):
+    """The model registry cannot be reached, or it and the model repository disagree."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    reason = "registry"

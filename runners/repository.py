@@ -4,12 +4,15 @@
     model_repository/<name>/<version>/model.onnx
     model_repository/<name>/labels.txt          one label per line (output label_filename)
     model_repository/<name>/model_card.{json,md}
+    model_repository/<name>/registry.json       which registry version this is (lifecycle)
 
 `config.pbtxt` is the single source of truth: Triton reads its batching and instance
 settings, and the project's own settings live in its `parameters` under `project.*` keys
 (Triton's ONNX Runtime backend ignores keys it does not know). FP32, BF16 and INT8 are
 separate model names (`digits_fp32`, `digits_bf16`, `digits_int8`) sharing a family, so
-Triton can serve each; `project.precision` states the precision a variant runs in.
+Triton can serve each; `project.precision` states the precision a variant runs in. The
+version served is the one Triton's `version_policy` names (`specific`, as `lifecycle.promote`
+writes it); a config without one serves its highest version folder, as Triton's default does.
 
 A bf16 variant is its own directory holding the FP32 file (a hard link where the filesystem
 allows), not a runtime setting of the FP32 model: like INT8 it is an artifact with its own
@@ -45,6 +48,7 @@ LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
+REGISTRY_STAMP = "registry.json"
 
 # The official Triton container's backend for each precision, and what it is told: ONNX Runtime
 # runs FP32 and QDQ INT8 as stated; BF16 needs OpenVINO and its hint.
@@ -141,6 +145,17 @@ class ModelEntry(BaseModel):
         loaded: dict[str, Any] = json.loads(self.card_path.read_text())
         return loaded
 
+    def registration(self) -> dict[str, Any] | None:
+        """The registry version this directory was written from (lifecycle.promote), if any."""
+        path = self.directory / REGISTRY_STAMP
+        if not path.is_file():
+            return None
+        try:
+            loaded: dict[str, Any] = json.loads(path.read_text())
+        except ValueError as exc:
+            raise RepositoryError(f"{path} is not valid JSON: {exc}") from exc
+        return loaded
+
 
 def parse_config(text: str, source: str = CONFIG_FILE) -> Any:
     """Parse config.pbtxt text as Triton's ModelConfig; a clear error names the file."""
@@ -183,10 +198,27 @@ def _tensor(tensor: Any, max_batch_size: int, source: str) -> TensorSpec:
     )
 
 
-def read_model(directory: Path, name: str | None = None) -> ModelEntry:
+def _served_version(config: Any, folders: list[int], directory: Path, source: str) -> int:
+    """The version Triton would serve: the highest folder the config's version policy allows."""
+    if not folders:
+        raise RepositoryError(f"{directory} has no numbered version folder with {MODEL_FILE}")
+    if config.version_policy.WhichOneof("policy_choice") != "specific":
+        return folders[-1]
+    wanted = sorted(config.version_policy.specific.versions)
+    present = [version for version in folders if version in wanted]
+    if not present:
+        raise RepositoryError(
+            f"{source}: version_policy serves version {', '.join(map(str, wanted))}, the "
+            f"folder holds version {', '.join(map(str, folders))}"
+        )
+    return present[-1]
+
+
+def read_model(directory: Path, name: str | None = None, version: int | None = None) -> ModelEntry:
     """Read one model directory; every inconsistency is a RepositoryError naming the file.
 
-    `name` is the model name when the folder is not yet named after it (a staging folder).
+    `name` is the model name when the folder is not yet named after it (a staging folder);
+    `version` reads that version folder whatever the config's policy says (one being written).
     """
     name = name or directory.name
     config_path = directory / CONFIG_FILE
@@ -196,9 +228,11 @@ def read_model(directory: Path, name: str | None = None) -> ModelEntry:
     config = parse_config(config_path.read_text(), source)
     if config.name and config.name != name:
         raise RepositoryError(f"{source} names model {config.name!r}, its folder is {name!r}")
-    versions = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
-    if not versions:
-        raise RepositoryError(f"{directory} has no numbered version folder with {MODEL_FILE}")
+    folders = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    if version is None:
+        version = _served_version(config, folders, directory, source)
+    elif version not in folders:
+        raise RepositoryError(f"{directory} has no version folder {version}")
     labels_path = directory / LABELS_FILE
     if not labels_path.is_file():
         raise RepositoryError(f"{labels_path} is missing")
@@ -209,7 +243,7 @@ def read_model(directory: Path, name: str | None = None) -> ModelEntry:
             name=name,
             family=_param(config, "project.family", source=source),
             variant=_param(config, "project.variant", source=source),  # type: ignore[arg-type]
-            version=versions[-1],
+            version=version,
             directory=directory,
             task=_param(config, "project.task", "classification", source),
             inputs=tuple(_tensor(t, config.max_batch_size, source) for t in config.input),
@@ -280,7 +314,7 @@ def render_config(entry: ModelEntry) -> str:
         batching.max_queue_delay_microseconds = entry.batching.max_queue_delay_us
         batching.default_queue_policy.max_queue_size = entry.batching.max_queue_size
     config.instance_group.add(count=entry.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    config.version_policy.latest.num_versions = 1
+    config.version_policy.specific.versions.append(entry.version)
     params = {
         "project.task": entry.task,
         "project.family": entry.family,

@@ -118,6 +118,7 @@ class Catalog:
                     },
                     "evaluation": card.get("evaluation"),
                     "figures": measurement_note(card),
+                    "registry": first.registration(),
                     "variants": [_variant(served, card) for served in variants.values()],
                     "not_offered": dict(self.withheld[family]),
                 }

@@ -109,6 +109,7 @@ def bind(
     triton: Triton,
     *,
     model_name: str,
+    model_version: int,
     infer_func: Sequence[Callable[..., Any]],
     inputs: Sequence[Tensor],
     outputs: Sequence[Tensor],
@@ -123,6 +124,7 @@ def bind(
     with mock.patch.object(pytriton.triton, "Model", bound):
         triton.bind(
             model_name=model_name,
+            model_version=model_version,
             infer_func=list(infer_func),
             inputs=inputs,
             outputs=outputs,

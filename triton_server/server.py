@@ -24,6 +24,7 @@ from types import TracebackType
 import psutil  # a dependency of BentoML's, which this project installs
 from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
+from lifecycle import consistency
 from runners.errors import RepositoryError
 from runners.model import LoadedModel
 from runners.modelfile import check_model_file
@@ -122,6 +123,8 @@ class TritonFrontEnd:
         self.backend_settings = backend or BackendSettings()
         repository = Repository(self.settings.repository, batching=self.settings.batching)
         self.entries = select_entries(repository, self.settings.models, self.backend_settings)
+        # The registry and the repository agree on each served family, or this stops here.
+        consistency.check(self.settings.repository, {entry.family for entry in self.entries})
         self.models: dict[str, LoadedModel] = {}
         self.metrics = LatencyMetrics()
         self._triton: Triton | None = None
@@ -272,6 +275,7 @@ class TritonFrontEnd:
         pytriton_compat.bind(
             triton,
             model_name=entry.name,
+            model_version=entry.version,
             infer_func=replicas,
             inputs=triton_model.inputs(entry),
             outputs=triton_model.outputs(entry),
