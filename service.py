@@ -19,12 +19,14 @@ from runners.errors import ServingError
 from runners.modelfile import check_model_file
 from runners.settings import BackendSettings
 from runners.tensors import Tensors, pack, unpack
+from runners.versions import answer_specs, request_specs
 from serving import loadfailure
 from serving.app import create_app
 from serving.catalog import Catalog, Served
 from serving.drain import runner_bound_s, use_loopback_runner_sockets
 from serving.fastpath import FastPath
 from serving.gateway import Gateway, Runner
+from serving.rollouts import Rollouts
 from serving.runner import quiet, runner_service
 from serving.settings import ServingSettings
 from serving.shedding import ShedEarly
@@ -104,6 +106,7 @@ class ImageClassifier:
             },
         )
         app.state.gateway = self.gateway
+        app.state.rollouts = self.rollouts = Rollouts(settings.repository, settings.models)
         self._warming: asyncio.Task[None] | None = None
 
     @bentoml.on_startup
@@ -112,6 +115,9 @@ class ImageClassifier:
         self._warming = asyncio.get_running_loop().create_task(self.gateway.become_ready())
         # SIGTERM drains this worker before it stops (serving.drain says how and why).
         self.gateway.drain.install()
+        # One entry worker judges rollouts (BentoML numbers its workers from 1).
+        if settings.rollout_controller and bentoml.server_context.worker_index in (None, 1):
+            self.rollouts.run_controller()
 
     async def __is_ready__(self) -> bool:
         # BentoML's own runner probe after this answers a bare 500 when a runner is gone.
@@ -124,8 +130,9 @@ class ImageClassifier:
 
 
 def _infer(proxy: Any, served: Served) -> Any:
-    """Named tensors over the runner's one-array API (`runners.tensors.pack`)."""
-    inputs, outputs = served.entry.inputs, served.entry.outputs
+    """Named tensors over the runner's one-array API (`runners.tensors.pack`), with the routing
+    columns (`runners.versions`)."""
+    inputs, outputs = request_specs(served.entry), answer_specs(served.entry)
 
     async def infer(batch: Tensors) -> Tensors:
         return unpack(await proxy.infer(pack(batch, inputs)), outputs)

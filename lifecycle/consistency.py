@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifecycle.registry import CHAMPION, Registry, digest
+from lifecycle.registry import CHALLENGER, CHAMPION, Registry, digest
 from lifecycle.settings import RegistrySettings
 from runners.errors import RegistryError
 from runners.repository import REGISTRY_STAMP, ModelEntry, Repository
@@ -50,13 +50,14 @@ def check(
 
 
 def _check(registry: Registry, root: Path, family: str, entries: dict[str, ModelEntry]) -> Standing:
-    served = {entry.version for entry in entries.values()}
+    served = {entry.versions for entry in entries.values()}
     if len(served) > 1:
         raise RegistryError(
             f"{root}: the variants of {family} serve different versions "
-            f"({', '.join(f'{v}: {e.version}' for v, e in sorted(entries.items()))})"
+            f"({', '.join(f'{v}: {e.versions}' for v, e in sorted(entries.items()))})"
         )
-    version = served.pop()
+    first = next(iter(entries.values()))
+    version, rollout = first.version, first.rollout
     stamps = {variant: entry.registration() for variant, entry in entries.items()}
     stamped = {variant: s for variant, s in stamps.items() if s is not None}
     known = registry.known(family)
@@ -80,6 +81,14 @@ def _check(registry: Registry, root: Path, family: str, entries: dict[str, Model
             f"the registry {registry.where} has versions of {family} but no champion; serve "
             f"one with: python -m offline promote {family} N"
         )
+    if champion != version and _interrupted(registry, family, version, entries, stamped):
+        log.warning(
+            "%s: finishing the promotion of version %d that stopped before the registry's "
+            "alias moved (the repository was written)", family, version,
+        )  # fmt: skip
+        registry.set_alias(family, CHAMPION, version)
+        registry.clear_alias(family, CHALLENGER)
+        champion = version
     if champion != version or any(_number(s) != champion for s in stamped.values()):
         raise RegistryError(
             f"the registry {registry.where} says version {champion} of {family} is the "
@@ -87,22 +96,70 @@ def _check(registry: Registry, root: Path, family: str, entries: dict[str, Model
             f"with: python -m offline promote {family} {champion} (or make version {version} "
             f"the champion with: python -m offline promote {family} {version})"
         )
-    registered = registry.version(family, champion)
+    if rollout is not None:
+        challenger = registry.alias(family, CHALLENGER)
+        if challenger != rollout.challenger:
+            raise RegistryError(
+                f"the repository {root} rolls out version {rollout.challenger} of {family}; "
+                f"the registry {registry.where} names "
+                + (f"version {challenger}" if challenger else "no version")
+                + f" its challenger. Roll it back with: python -m lifecycle rollback {family}"
+            )
+        _same_files(registry, root, family, rollout.challenger, entries, challenger=True)
+    _same_files(registry, root, family, champion, entries, challenger=False)
+    return Standing(family, version, registered=True)
+
+
+def _same_files(
+    registry: Registry,
+    root: Path,
+    family: str,
+    number: int,
+    entries: dict[str, ModelEntry],
+    *,
+    challenger: bool,
+) -> None:
+    registered = registry.version(family, number)
     if set(entries) != set(registered.variants):
         raise RegistryError(
-            f"{family} version {champion}: the registry holds variants "
+            f"{family} version {number}: the registry holds variants "
             f"{', '.join(registered.variants)}, the repository {root} "
             f"{', '.join(sorted(entries))}; restore them with: python -m offline promote "
-            f"{family} {champion}"
+            f"{family} {number}"
         )
     for variant, entry in entries.items():
-        if digest(entry.onnx_path) != registered.digests[variant]:
-            raise RegistryError(
-                f"{entry.onnx_path} is not the file registered as {family} version {champion} "
-                f"({variant}): it was built or changed outside the registry; restore it "
-                f"with: python -m offline promote {family} {champion}"
+        path = entry.at_version(number).onnx_path
+        if digest(path) != registered.digests[variant]:
+            fix = (
+                f"python -m lifecycle rollback {family}"
+                if challenger
+                else f"python -m offline promote {family} {number}"
             )
-    return Standing(family, version, registered=True)
+            raise RegistryError(
+                f"{path} is not the file registered as {family} version {number} "
+                f"({variant}): it was built or changed outside the registry; restore it "
+                f"with: {fix}"
+            )
+
+
+def _interrupted(
+    registry: Registry,
+    family: str,
+    version: int,
+    entries: dict[str, ModelEntry],
+    stamped: dict[str, dict[str, Any]],
+) -> bool:
+    """Whether the repository holds a finished promotion of the registry's challenger (every
+    variant stamped with it, its files the registered ones) whose alias move did not happen."""
+    if registry.alias(family, CHALLENGER) != version or len(stamped) != len(entries):
+        return False
+    if any(_number(stamp) != version for stamp in stamped.values()):
+        return False
+    registered = registry.version(family, version)
+    return all(
+        registered.digests.get(variant) == digest(entry.onnx_path)
+        for variant, entry in entries.items()
+    )
 
 
 def _number(stamp: dict[str, Any]) -> int | None:

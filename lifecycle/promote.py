@@ -73,13 +73,13 @@ def promote(registry: Registry, repository: Path, family: str, number: int) -> l
     alias move. A challenger alias on this version is cleared: it is the champion now.
     """
     version = registry.version(family, number)
-    with tempfile.TemporaryDirectory(prefix=f".promote-{family}-", dir=_scratch(repository)) as tmp:
-        scratch = Path(tmp)
-        local = registry.download(family, number, scratch / "download")
+    with scratch(repository, f"promote-{family}") as tmp:
+        work = Path(tmp)
+        local = registry.download(family, number, work / "download")
         written: list[ModelEntry] = []
         for variant in version.variants:
             name = f"{family}_{variant}"
-            staged = scratch / "staged" / name
+            staged = work / "staged" / name
             (staged / str(number)).mkdir(parents=True)
             for file in (local / variant).iterdir():
                 into = staged / str(number) if file.name == MODEL_FILE else staged
@@ -110,10 +110,11 @@ def promote(registry: Registry, repository: Path, family: str, number: int) -> l
     return written
 
 
-def _scratch(repository: Path) -> Path:
-    """Scratch space on the repository's filesystem, so files are renamed, not copied."""
+def scratch(repository: Path, prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """Scratch space on the repository's filesystem, so files are renamed, not copied (a
+    dot folder: readers of the repository skip it)."""
     repository.mkdir(parents=True, exist_ok=True)
-    return repository
+    return tempfile.TemporaryDirectory(prefix=f".{prefix}-", dir=repository)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def publish_built(
     """Build a family into a staging repository, register it, and serve it when the family
     has no champion yet (or `promote_anyway`); otherwise it becomes the challenger, put live
     with `python -m offline promote`."""
-    with tempfile.TemporaryDirectory(prefix=f".build-{family}-", dir=_scratch(repository)) as tmp:
+    with scratch(repository, f"build-{family}") as tmp:
         build(Path(tmp))
         version = registry.record(family, Path(tmp), description)
     champion = registry.alias(family, CHAMPION)

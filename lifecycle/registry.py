@@ -273,6 +273,10 @@ class Registry:
         with self._calls(f"set {alias} of {family} to version {number}"):
             self.client.set_registered_model_alias(family, alias, str(number))
 
+    def tag(self, family: str, number: int, key: str, value: str) -> None:
+        with self._calls(f"tag {family} version {number}"):
+            self.client.set_model_version_tag(family, str(number), key, value)
+
     def clear_alias(self, family: str, alias: str) -> None:
         if alias in self.aliases(family):
             with self._calls(f"clear {alias} of {family}"):

@@ -130,3 +130,27 @@ class RegistryError(ServingError):
     http_status = 503
     grpc_code = "UNAVAILABLE"
     reason = "registry"
+
+
+class Conflict(ServingError):
+    """A state change that contradicts the current state (a rollout already in progress)."""
+
+    http_status = 409
+    grpc_code = "FAILED_PRECONDITION"
+    reason = "conflict"
+
+
+class Unauthorized(ServingError):
+    """A state-changing request without the admin credential."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+    reason = "unauthorized"
+
+
+class Forbidden(ServingError):
+    """A state-changing request with a wrong admin credential, or none configured."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+    reason = "forbidden"

@@ -23,6 +23,7 @@ Triton's OpenVINO backend with the BF16 hint, so the official container runs it 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -104,6 +105,29 @@ class Batching(BaseModel):
         )
 
 
+class Rollout(BaseModel):
+    """A challenger version loaded beside the champion, and the shares of traffic it sees.
+
+    A request draws a number in [0, 1): below `canary_share` the challenger answers it; below
+    `canary_share + shadow_share` the champion answers and the challenger also runs it, its
+    answer compared and dropped (a shadow); above, the champion alone."""
+
+    model_config = ConfigDict(frozen=True)
+
+    challenger: int = Field(ge=1)
+    canary_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    shadow_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    decide: bool = Field(
+        default=True, description="The rollout controller promotes or rolls back on its own."
+    )
+
+    def route(self, draw: float) -> tuple[bool, bool]:
+        """(answered by the challenger, shadowed by it) for a request's draw."""
+        if draw < self.canary_share:
+            return True, False
+        return False, draw < self.canary_share + self.shadow_share
+
+
 class ModelEntry(BaseModel):
     """One served model (one variant of one family), as read from the repository."""
 
@@ -124,6 +148,18 @@ class ModelEntry(BaseModel):
     preferred_backend: Literal["onnxruntime", "openvino"] = "onnxruntime"
     output_kind: Literal["logits", "probabilities"] = "logits"
     load_profile: bool = Field(default=False, description="Random weights: not a classifier.")
+    rollout: Rollout | None = Field(
+        default=None, description="A challenger beside `version` (the champion), if any."
+    )
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The versions a server loads: the champion, then the challenger."""
+        return (self.version,) if self.rollout is None else (self.version, self.rollout.challenger)
+
+    def at_version(self, version: int) -> ModelEntry:
+        """This entry as version `version` serves (its file), without a rollout."""
+        return self.model_copy(update={"version": version, "rollout": None})
 
     @property
     def precision(self) -> Precision:
@@ -198,20 +234,50 @@ def _tensor(tensor: Any, max_batch_size: int, source: str) -> TensorSpec:
     )
 
 
-def _served_version(config: Any, folders: list[int], directory: Path, source: str) -> int:
-    """The version Triton would serve: the highest folder the config's version policy allows."""
+def _served_versions(config: Any, folders: list[int], directory: Path, source: str) -> list[int]:
+    """The versions Triton would serve: the folders the config's version policy allows (the
+    highest one without a `specific` policy)."""
     if not folders:
         raise RepositoryError(f"{directory} has no numbered version folder with {MODEL_FILE}")
     if config.version_policy.WhichOneof("policy_choice") != "specific":
-        return folders[-1]
+        return folders[-1:]
     wanted = sorted(config.version_policy.specific.versions)
     present = [version for version in folders if version in wanted]
-    if not present:
+    if len(present) != len(wanted):
         raise RepositoryError(
             f"{source}: version_policy serves version {', '.join(map(str, wanted))}, the "
             f"folder holds version {', '.join(map(str, folders))}"
         )
-    return present[-1]
+    return present
+
+
+def _rollout(config: Any, served: list[int], source: str) -> tuple[int, Rollout | None]:
+    """The champion among the served versions (`project.champion`, else the highest) and the
+    challenger's rollout (`project.challenger` and its shares), checked against each other."""
+    champion = int(_param(config, "project.champion", str(served[-1]), source))
+    if champion not in served:
+        raise RepositoryError(f"{source}: champion {champion} is not a served version {served}")
+    if "project.challenger" not in config.parameters:
+        if len(served) > 1:
+            raise RepositoryError(f"{source}: serves {served} but names no challenger")
+        return champion, None
+    try:
+        rollout = Rollout(
+            challenger=int(_param(config, "project.challenger", source=source)),
+            canary_share=float(_param(config, "project.canary_share", "0", source)),
+            shadow_share=float(_param(config, "project.shadow_share", "0", source)),
+            decide=_param(config, "project.rollout_decide", "true", source) == "true",
+        )
+    except (ValueError, ValidationError) as exc:
+        raise RepositoryError(f"{source}: invalid rollout: {exc}") from exc
+    if sorted({champion, rollout.challenger}) != sorted(served) or champion == rollout.challenger:
+        raise RepositoryError(
+            f"{source}: champion {champion} and challenger {rollout.challenger} must be the "
+            f"served versions {served}"
+        )
+    if rollout.canary_share + rollout.shadow_share > 1:
+        raise RepositoryError(f"{source}: canary and shadow shares add up to more than 1")
+    return champion, rollout
 
 
 def read_model(directory: Path, name: str | None = None, version: int | None = None) -> ModelEntry:
@@ -229,8 +295,11 @@ def read_model(directory: Path, name: str | None = None, version: int | None = N
     if config.name and config.name != name:
         raise RepositoryError(f"{source} names model {config.name!r}, its folder is {name!r}")
     folders = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    rollout: Rollout | None = None
     if version is None:
-        version = _served_version(config, folders, directory, source)
+        version, rollout = _rollout(
+            config, _served_versions(config, folders, directory, source), source
+        )
     elif version not in folders:
         raise RepositoryError(f"{directory} has no version folder {version}")
     labels_path = directory / LABELS_FILE
@@ -264,6 +333,7 @@ def read_model(directory: Path, name: str | None = None, version: int | None = N
             ),
             output_kind=_param(config, "project.output_kind", "logits", source),  # type: ignore[arg-type]
             load_profile=_param(config, "project.load_profile", "false", source) == "true",
+            rollout=rollout,
         )
     except ValidationError as exc:
         raise RepositoryError(f"{source}: {exc}") from exc
@@ -314,7 +384,7 @@ def render_config(entry: ModelEntry) -> str:
         batching.max_queue_delay_microseconds = entry.batching.max_queue_delay_us
         batching.default_queue_policy.max_queue_size = entry.batching.max_queue_size
     config.instance_group.add(count=entry.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    config.version_policy.specific.versions.append(entry.version)
+    config.version_policy.specific.versions.extend(sorted(entry.versions))
     params = {
         "project.task": entry.task,
         "project.family": entry.family,
@@ -325,6 +395,12 @@ def render_config(entry: ModelEntry) -> str:
         "project.load_profile": "true" if entry.load_profile else "false",
         "project.preprocess": entry.preprocess.model_dump_json(),
     }
+    params["project.champion"] = str(entry.version)
+    if entry.rollout is not None:
+        params["project.challenger"] = str(entry.rollout.challenger)
+        params["project.canary_share"] = repr(entry.rollout.canary_share)
+        params["project.shadow_share"] = repr(entry.rollout.shadow_share)
+        params["project.rollout_decide"] = "true" if entry.rollout.decide else "false"
     params.update(TRITON_BACKEND_PARAMETERS[entry.precision])
     for key, value in params.items():
         config.parameters[key].string_value = value
@@ -341,29 +417,69 @@ def _place(source: Path, target: Path) -> None:
     target.chmod(0o644)  # servers in containers run as other users
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system
+    or filesystem cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    done = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    return done == 0
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Put the staged directory where `target` is. Swapped in one step where the system can,
+    so that a server reading the repository while it changes (a rollout) always finds the
+    whole model; elsewhere in two renames, with a moment in which it is missing."""
+    if _exchange(staging, target):
+        shutil.rmtree(staging)  # the old directory, now at the staging path
+        return
+    retired = target.parent / f".{target.name}.retired"
+    shutil.rmtree(retired, ignore_errors=True)
+    target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired)
+
+
 def write_model(
-    entry: ModelEntry, onnx_file: Path, extra_files: dict[str, str] | None = None
+    entry: ModelEntry,
+    onnx_file: Path,
+    extra_files: dict[str, str] | None = None,
+    challenger_file: Path | None = None,
 ) -> ModelEntry:
     """Write a complete model directory atomically: built and re-read aside, then renamed
-    into place, so a server scanning the repository never sees half a model."""
+    into place, so a server scanning the repository never sees half a model. An entry with a
+    rollout also needs its challenger's file."""
     target = entry.directory
     target.parent.mkdir(parents=True, exist_ok=True)
+    files = {entry.version: onnx_file}
+    if entry.rollout is not None:
+        if challenger_file is None:
+            raise RepositoryError(f"{entry.name}: a rollout needs the challenger's model file")
+        files[entry.rollout.challenger] = challenger_file
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; servers in containers run as other users
     try:
-        (staging / str(entry.version)).mkdir()
-        _place(onnx_file, staging / str(entry.version) / MODEL_FILE)
+        for version, file in files.items():
+            (staging / str(version)).mkdir()
+            _place(file, staging / str(version) / MODEL_FILE)
         (staging / LABELS_FILE).write_text("\n".join(entry.labels) + "\n")
         (staging / CONFIG_FILE).write_text(render_config(entry))
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
         read_model(staging, name=entry.name)
         if target.exists():
-            retired = target.parent / f".{entry.name}.retired"
-            shutil.rmtree(retired, ignore_errors=True)
-            target.rename(retired)
-            shutil.rmtree(retired)
-        staging.rename(target)
+            _replace(staging, target)
+        else:
+            staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -21,9 +21,10 @@ from starlette.responses import Response
 
 from runners.errors import BadInput, DeadlineExceeded, NotFound, ServingError
 from runners.tasks import ROUTES, AnswerOptions
+from serving.admin import admin_router
 from serving.bodies import body_left_unread, read_images
 from serving.fastpath import FastPath
-from serving.gateway import Gateway
+from serving.gateway import Gateway, VersionFailed
 from serving.metrics import UNKNOWN, render_latest
 from serving.openapi import BATCH_EXAMPLE, CLASSIFY_EXAMPLE, batch_body, classify_body, responses
 from serving.settings import ServingSettings
@@ -48,7 +49,16 @@ TopKQuery = Annotated[
 # endpoint label -> the task whose routes it counts
 ENDPOINT_TASKS = {endpoint: task for task, endpoint, _ in ROUTES.values()}
 # A misspelt (`?varaint=int8`) or repeated parameter must not be served silently.
-QUERY_PARAMETERS = frozenset({"model", "variant", "top_k"})
+VersionQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=999999,
+        description="Model version to answer with (one that is loaded); default: the champion, "
+        "or the challenger for the canary share of requests during a rollout.",
+    ),
+]
+QUERY_PARAMETERS = frozenset({"model", "variant", "top_k", "version"})
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -62,7 +72,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(error: ServingError, retry_after_s: int = 1) -> Response:
     """The one place a ServingError becomes an HTTP answer."""
-    headers = {"Retry-After": str(retry_after_s)} if error.http_status == 429 else None
+    headers = None
+    if error.http_status == 429:
+        headers = {"Retry-After": str(retry_after_s)}
+    elif error.http_status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="imgserve admin"'}
     return json_response(error.to_dict(), error.http_status, headers)
 
 
@@ -91,10 +105,11 @@ def create_app(settings: ServingSettings) -> FastAPI:
         variant: str | None,
         top_k: int | None,
         many: bool,
+        version: int | None = None,
     ) -> Response:
         gw = gateway(request)
         response = await _answer(request, gw, endpoint, model=model, variant=variant,
-                                 top_k=top_k, many=many)  # fmt: skip
+                                 top_k=top_k, many=many, version=version)  # fmt: skip
         if response.status_code >= 400 and body_left_unread(request):
             # Refused before a large body was read (too large, wrong type, unknown model...):
             # close the connection after the answer (RFC 9110 allows it for 413) rather than
@@ -116,6 +131,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         variant: str | None,
         top_k: int | None,
         many: bool,
+        version: int | None = None,
     ) -> Response:
         start = time.perf_counter()
         labels = UNKNOWN
@@ -143,15 +159,18 @@ def create_app(settings: ServingSettings) -> FastAPI:
                         f"{settings.request_timeout_s:g} s deadline"
                     ) from None
                 options = AnswerOptions(top_k=top_k or settings.top_k)
-                results = await gw.answer(served, images, options)
+                answered = await gw.answer(served, images, options, version)
         except ServingError as exc:
+            if isinstance(exc, VersionFailed):
+                gw.metrics.answered_by(labels, exc.version, "error", None)
             gw.metrics.outcome(labels, endpoint, exc)
             return error_response(exc, settings.retry_after_s)
+        results = answered.slots
         entry = served.entry
         body: dict[str, Any] = {
             **labels,
             "model_name": entry.name,
-            "model_version": entry.version,
+            "model_version": answered.version,
         }
         if many:
             slots = []
@@ -171,9 +190,9 @@ def create_app(settings: ServingSettings) -> FastAPI:
                 return error_response(result)
             body[served.task.answer_key] = result
         gw.metrics.outcome(labels, endpoint, None)
-        gw.metrics.request_duration_ms.labels(**labels, endpoint=endpoint).observe(
-            (time.perf_counter() - start) * 1000
-        )
+        duration_ms = (time.perf_counter() - start) * 1000
+        gw.metrics.request_duration_ms.labels(**labels, endpoint=endpoint).observe(duration_ms)
+        gw.metrics.answered_by(labels, answered.version, "ok", duration_ms)
         return json_response(body)
 
     @app.post(
@@ -190,10 +209,12 @@ def create_app(settings: ServingSettings) -> FastAPI:
         model: ModelQuery = None,
         variant: VariantQuery = None,
         top_k: TopKQuery = None,
+        version: VersionQuery = None,
     ) -> Response:
         return await answer(
-            request, "classify", model=model, variant=variant, top_k=top_k, many=False
-        )
+            request, "classify", model=model, variant=variant, top_k=top_k, many=False,
+            version=version,
+        )  # fmt: skip
 
     @app.post(
         "/v1/classify/batch",
@@ -210,10 +231,12 @@ def create_app(settings: ServingSettings) -> FastAPI:
         model: ModelQuery = None,
         variant: VariantQuery = None,
         top_k: TopKQuery = None,
+        version: VersionQuery = None,
     ) -> Response:
         return await answer(
-            request, "classify_batch", model=model, variant=variant, top_k=top_k, many=True
-        )
+            request, "classify_batch", model=model, variant=variant, top_k=top_k, many=True,
+            version=version,
+        )  # fmt: skip
 
     @app.get(
         "/v1/models",
@@ -249,6 +272,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     async def serving_error(_: Request, exc: ServingError) -> Response:
         return error_response(exc, settings.retry_after_s)
 
+    app.include_router(admin_router(settings))
     app.add_middleware(FastPath, answer=answer)
     app.state.answer = answer  # for a FastPath outside the app (service.serve_first)
     return app

@@ -32,6 +32,7 @@ ROUTES = {path: (endpoint, many) for path, (_, endpoint, many) in TASK_ROUTES.it
 _TOP_K = re.compile(r"[1-9][0-9]{0,3}")
 _MAX_LENGTH = {"model": 64, "variant": 16}  # as the FastAPI query declarations say (min 1)
 _TOP_K_MAX = 1000
+_VERSION = re.compile(r"[1-9][0-9]{0,5}")  # 1..999999, as the FastAPI declaration says
 
 
 class Answer(Protocol):
@@ -44,12 +45,14 @@ class Answer(Protocol):
         variant: str | None,
         top_k: int | None,
         many: bool,
+        version: int | None = None,
     ) -> Awaitable[Response]: ...
 
 
 def parse_query(query_string: bytes) -> dict[str, Any] | None:
-    """model, variant and top_k when plainly valid; None when FastAPI should judge them."""
-    found: dict[str, Any] = {"model": None, "variant": None, "top_k": None}
+    """model, variant, top_k and version when plainly valid; None when FastAPI should judge
+    them."""
+    found: dict[str, Any] = {"model": None, "variant": None, "top_k": None, "version": None}
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if key in _MAX_LENGTH:
             if not 1 <= len(value) <= _MAX_LENGTH[key]:
@@ -57,6 +60,10 @@ def parse_query(query_string: bytes) -> dict[str, Any] | None:
             found[key] = value
         elif key == "top_k":
             if not _TOP_K.fullmatch(value) or int(value) > _TOP_K_MAX:
+                return None
+            found[key] = int(value)
+        elif key == "version":
+            if not _VERSION.fullmatch(value):
                 return None
             found[key] = int(value)
     return found

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from typing import Any
 
 import anyio.to_thread
 
-from runners.errors import NotReady, Overloaded, ServingError
+from runners.errors import NotFound, NotReady, Overloaded, ServingError
+from runners.repository import read_model
 from runners.tasks import AnswerOptions, Prepared
 from runners.tensors import Tensors, batch_size
+from runners.versions import ANSWERED, NOT_LOADED, route_columns
 from serving.admission import MEAN_SHARE, LatencyBound
 from serving.catalog import Catalog, Served
 from serving.coalescer import Coalescer
@@ -121,7 +124,8 @@ class Gateway:
             runner = self.runners[served.key]
             while not await _probe(runner.is_ready):
                 await asyncio.sleep(poll_s)
-            await self.coalescers[served.key].submit(served.sample_inputs(1), timeout_s=60.0)
+            warm = {**served.sample_inputs(1), **route_columns(1, None, 1.0)}
+            await self.coalescers[served.key].submit(warm, timeout_s=60.0)
         # Everything loaded so far lives as long as the worker: keep the collector off it,
         # so that a full collection under load does not walk it (a latency spike each time).
         gc.collect()
@@ -209,23 +213,58 @@ class Gateway:
         return prepared
 
     async def answer(
-        self, served: Served, images: list[bytes], options: AnswerOptions
-    ) -> list[Any | ServingError]:
+        self, served: Served, images: list[bytes], options: AnswerOptions, version: int | None
+    ) -> Answered:
         """One answer per image, in order: its task's answer, or the error that image alone
-        caused."""
+        caused; and the model version that answered (`version` pins one)."""
         prepared = await self.prepare(served, images)
         slots: list[Any | ServingError] = [e for e in prepared.failures]
-        if prepared.count:
-            outputs = await self.coalescers[served.key].submit(
-                prepared.inputs, self.settings.request_timeout_s
+        if not prepared.count:
+            return Answered(slots, version or served.entry.version)
+        inputs = {
+            **prepared.inputs,
+            **route_columns(prepared.count, version, random.random()),
+        }
+        outputs = await self.coalescers[served.key].submit(inputs, self.settings.request_timeout_s)
+        answered = int(outputs.pop(ANSWERED)[0, 0])
+        if answered == NOT_LOADED:
+            raise NotFound(
+                f"version {version} of {served.entry.name} is not loaded; loaded versions: "
+                f"{', '.join(map(str, loaded_versions(served)))}"
             )
-            answers = served.task.postprocess(served.entry, outputs, prepared.metas, options)
-            found = iter(answers)
-            for i, failure in enumerate(prepared.failures):
-                if failure is None:
-                    slots[i] = next(found)
-            served.task.observe(self.metrics, served.labels, answers)
-        return slots
+        if answered < 0:
+            raise VersionFailed(-answered, f"version {-answered} of {served.entry.name} failed")
+        answers = served.task.postprocess(served.entry, outputs, prepared.metas, options)
+        found = iter(answers)
+        for i, failure in enumerate(prepared.failures):
+            if failure is None:
+                slots[i] = next(found)
+        served.task.observe(self.metrics, served.labels, answers)
+        return Answered(slots, answered)
+
+
+@dataclass
+class Answered:
+    """A request's answers (or per-image errors), and the version that produced them."""
+
+    slots: list[Any | ServingError]
+    version: int
+
+
+class VersionFailed(RunnerFailed):
+    """A version's engine failed the request's rows (the others in its batch were answered)."""
+
+    def __init__(self, version: int, message: str) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+def loaded_versions(served: Served) -> tuple[int, ...]:
+    """The versions the variant's directory names now (what its runners load)."""
+    try:
+        return read_model(served.entry.directory).versions
+    except ServingError:
+        return ()
 
 
 def _splitter(served: Served) -> Callable[[Tensors, list[int]], list[Tensors]]:

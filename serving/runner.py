@@ -2,6 +2,9 @@
 
 Its batching settings come from the model repository (`config.pbtxt`): `max_batch_size`
 and `max_latency_ms` (Triton's max queue delay). Its replicas are its `workers`, a setting.
+Each worker follows the variant's directory (`runners.versions.VersionSet`): a challenger
+the directory names is loaded beside the champion and takes the rows routed to it; shadow
+comparisons are counted here, where both outputs are.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import numpy as np
 
 from runners.errors import ModelLoadError
 from runners.model import LoadedModel
+from runners.repository import ModelEntry
 from runners.settings import BackendSettings
 from runners.tensors import pack, unpack
+from runners.versions import ANSWERED, VersionSet, answer_specs, request_specs
 from serving.catalog import Served
 from serving.drain import RunnerDrain
 from serving.loadfailure import stop_the_server
@@ -52,20 +57,23 @@ def runner_service(
     entry = served.entry
     batching = entry.batching
     labels = served.labels
+    inputs, outputs = request_specs(entry), answer_specs(entry)
+
+    def load(version: ModelEntry) -> LoadedModel:
+        return LoadedModel.load(version, backend=served.backend, settings=backend_settings)
 
     class VariantRunner:
         def __init__(self) -> None:
             # Load and warm up before the worker serves: its /readyz answers only after this.
             try:
-                self.model = LoadedModel.load(
-                    entry, backend=served.backend, settings=backend_settings
-                )
+                self.versions = VersionSet(entry, load)
             except ModelLoadError as exc:
                 stop_the_server(exc.message)  # not a restart loop (serving.loadfailure)
                 raise
             self.metrics = metrics()
             self.inference_ms = self.metrics.inference_ms.labels(**labels)
             self.batch_size = self.metrics.batch_size.labels(**labels)
+            self.versions.start()
             # As in the entry worker: keep the collector off what lives as long as the worker.
             gc.collect()
             gc.freeze()
@@ -90,13 +98,16 @@ def runner_service(
         )
         async def infer(self, batch: np.ndarray) -> np.ndarray:
             """The model's outputs for a batch of its inputs, both packed as one array with
-            the batch axis first (`runners.tensors.pack`: a one-input, one-output model's
-            tensors as they are)."""
+            the batch axis first (`runners.tensors.pack`), each with its routing columns
+            (`runners.versions`)."""
             start = time.perf_counter()
-            outputs = self.model.run(unpack(batch, entry.inputs))
+            routed = self.versions.run(unpack(batch, inputs))
             self.inference_ms.observe((time.perf_counter() - start) * 1000)
             self.batch_size.observe(len(batch))
-            return pack(outputs, entry.outputs)
+            for champion, challenger, agree, difference in routed.shadows:
+                self.metrics.shadow(labels, champion, challenger, agree, difference)
+            answered = {**routed.outputs, ANSWERED: routed.versions.astype(np.float32)[:, None]}
+            return pack(answered, outputs)
 
     VariantRunner.__name__ = VariantRunner.__qualname__ = f"Runner_{entry.name}"
     return bentoml.service(name=served.key, workers=workers, **quiet(trace_requests))(VariantRunner)

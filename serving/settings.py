@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from runners.preprocessing import ImageLimits
 from runners.settings import REPO_ROOT, ProjectSettings
@@ -89,6 +89,17 @@ class ServingSettings(ProjectSettings):
         default=10.0, gt=0, description="Deadline of one request; past it the answer is 504."
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with a 429.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="The credential of state-changing endpoints (Authorization: Bearer ...); "
+        "None with no admin_token_file: those endpoints answer 403.",
+    )
+    admin_token_file: Path | None = Field(
+        default=None, description="A file holding the admin credential (a mounted secret)."
+    )
+    rollout_controller: bool = Field(
+        default=True, description="Judge rollouts in this server and promote or roll back."
+    )
     drain_delay_s: float = Field(
         default=0.0,
         ge=0,

@@ -81,6 +81,13 @@ class Task(ABC):
         return split_rows(outputs, counts, source)
 
     @abstractmethod
+    def compare(
+        self, entry: Any, champion: Tensors, challenger: Tensors
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, whether two versions' outputs agree (bool) and how far apart their scores
+        are (float, 0 = the same): what a shadow rollout judges a challenger by."""
+
+    @abstractmethod
     def observe(self, metrics: Any, labels: Mapping[str, str], answers: Sequence[Any]) -> None:
         """Record the task's own metrics for the answers of one request (closed label sets)."""
 

@@ -96,6 +96,16 @@ class Classification(Task):
     ) -> list[list[Prediction]]:
         return top_k(self.scores(entry, outputs), entry.labels, options.top_k)
 
+    def compare(
+        self, entry: ModelEntry, champion: Tensors, challenger: Tensors
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-1 agreement, and the difference of the champion's top-1 class's probability."""
+        ours, theirs = self.scores(entry, champion), self.scores(entry, challenger)
+        best = np.argmax(ours, axis=1)
+        rows = np.arange(len(best))
+        difference = np.abs(ours[rows, best] - theirs[rows, best])
+        return best == np.argmax(theirs, axis=1), difference
+
     def observe(
         self, metrics: Any, labels: Mapping[str, str], answers: Sequence[list[Prediction]]
     ) -> None:
