@@ -43,6 +43,12 @@ class RolloutSettings(ProjectSettings):
     rollout_max_error_ratio: float = Field(
         default=0.01, ge=0, le=1, description="Errors / requests the challenger may have."
     )
+    rollout_min_latency_samples: int = Field(
+        default=200,
+        ge=1,
+        description="Challenger answers the p99 check needs (a p99 of fewer "
+        "is its few slowest answers).",
+    )
     rollout_max_p99_ratio: float = Field(
         default=1.5, ge=1, description="Challenger p99 / champion p99 it may reach."
     )
@@ -82,22 +88,27 @@ def _delta(now: Samples, then: Samples) -> Samples:
 
 
 def _p99(samples: Samples, model: str, version: int) -> tuple[float | None, int]:
-    """The 99th percentile (upper bucket bound) of a version's request durations, and count."""
+    """A version's 99th percentile request duration, interpolated within its bucket as
+    Prometheus' histogram_quantile does, and the count it comes from."""
     buckets: dict[float, float] = defaultdict(float)
     for labels, value in _select(
         samples, "imgserve_version_request_duration_ms_bucket", model=model, version=str(version)
     ):
         buckets[float(labels["le"])] += value
-    if not buckets:
-        return None, 0
     bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
+    total = buckets[bounds[-1]] if bounds else 0.0
     if total <= 0:
         return None, 0
+    rank = 0.99 * total
+    lower, below = 0.0, 0.0
     for bound in bounds:
-        if buckets[bound] >= 0.99 * total:
-            return bound, int(total)
-    return bounds[-1], int(total)
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return lower, int(total)
+            share = (rank - below) / max(buckets[bound] - below, 1e-12)
+            return lower + (bound - lower) * share, int(total)
+        lower, below = bound, buckets[bound]
+    return lower, int(total)
 
 
 @dataclass
@@ -157,12 +168,15 @@ def judge(figures: Figures, settings: RolloutSettings) -> str | None:
             else f"holds: {ratio:.3f}"
         )
         ours, theirs = figures.champion_p99_ms, figures.challenger_p99_ms
-        if theirs is not None:
+        if (
+            theirs is not None
+            and figures.challenger_requests >= settings.rollout_min_latency_samples
+        ):
             limit = max(settings.rollout_p99_floor_ms, settings.rollout_max_p99_ratio * (ours or 0))
             figures.checks["p99"] = (
-                f"breaks: {theirs:g} ms > {limit:g} ms"
+                f"breaks: {theirs:.1f} ms > {limit:.1f} ms"
                 if theirs > limit
-                else f"holds: {theirs:g} ms"
+                else f"holds: {theirs:.1f} ms"
             )
     if figures.shadow_comparisons >= enough and figures.shadow_agreement is not None:
         agreement = figures.shadow_agreement

@@ -188,3 +188,47 @@ def responses(example: dict[str, Any], description: str) -> dict[int | str, dict
         200: {"description": description, "content": {"application/json": {"example": example}}},
         **ERRORS,
     }
+
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("A malformed body or parameter.", "BadInput", "bad_input", "invalid request..."),
+    401: {
+        **_error(
+            "No admin credential (Authorization: Bearer <token>).",
+            "Unauthorized",
+            "unauthorized",
+            "this endpoint needs the admin credential: Authorization: Bearer",
+        ),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    403: _error(
+        "A wrong admin credential, or none configured on the server.",
+        "Forbidden",
+        "forbidden",
+        "the admin credential is wrong",
+    ),
+    404: _error("Unknown model or registry version.", "NotFound", "not_found", "unknown model 'x'"),
+    409: _error(
+        "The change contradicts the current state (a rollout already running, or none).",
+        "Conflict",
+        "conflict",
+        "digits: no rollout is in progress",
+    ),
+    503: _error(
+        "The model registry cannot be reached.",
+        "RegistryError",
+        "registry",
+        "model registry http://mlflow:5000: ...",
+    ),
+}
+
+
+def admin_responses(description: str) -> dict[int | str, dict[str, Any]]:
+    """A state-changing endpoint's responses: 200 with a JSON object, and its errors."""
+    return {
+        200: {
+            "description": description,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        **ADMIN_ERRORS,
+    }

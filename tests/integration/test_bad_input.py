@@ -45,12 +45,20 @@ BOMB_RSS_BUDGET_BYTES = 40 * 1024 * 1024
 OVERSIZED_BODY_BYTES = 64 * 1024 * 1024
 
 
+ADMIN_TOKEN = "schemathesis-admin"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """TEST_LIMITS, but the default pixel caps: the 9,000 x 9,000 bomb meets the real ones."""
     home = tmp_path_factory.mktemp("bentoml_home")
     limits = {k: v for k, v in TEST_LIMITS.items() if k not in PIXEL_CAPS}
-    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **limits}
+    env = {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "IMGSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+        **limits,
+    }
     running = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:
         yield running
@@ -377,6 +385,10 @@ def test_schemathesis_finds_nothing(server, tmp_path: Path) -> None:
             "7",
             "--request-timeout",
             "30",
+            # The admin endpoints' real logic, not only their 401: no registry here, so a
+            # rollout is refused 404 and a promotion 409.
+            "--header",
+            f"Authorization: Bearer {ADMIN_TOKEN}",
             "--no-color",
         ],
         cwd=tmp_path,

@@ -132,7 +132,10 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 def status(server: Server) -> dict[str, Any]:
-    return httpx.get(f"{server.url}/admin/models/{FAMILY}/rollout", timeout=10).json()
+    answer = httpx.get(f"{server.url}/admin/rollouts", params={"model": FAMILY}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
 
 
 def test_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one(
@@ -158,10 +161,13 @@ def test_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one
         "IMGSERVE_ROLLOUT_WINDOW_S": "4",
         "IMGSERVE_ROLLOUT_MIN_SAMPLES": "30",
         "IMGSERVE_ROLLOUT_INTERVAL_S": "0.5",
+        # This test judges agreement; on two shared cores with the load beside the server a
+        # p99 of a few hundred answers is noise (the p99 check: tests/unit/test_controller.py).
+        "IMGSERVE_ROLLOUT_P99_FLOOR_MS": "5000",
     }
     server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:
-        admin = httpx.Client(base_url=f"{server.url}/admin/models/{FAMILY}", timeout=30)
+        admin = httpx.Client(base_url=f"{server.url}/admin", timeout=30)
         body = {"version": 2, "canary_share": 0.3, "shadow_share": 0.5}
         assert admin.post("/rollout", json=body).status_code == 401
         wrong = admin.post("/rollout", json=body, headers={"Authorization": "Bearer nope"})
@@ -233,8 +239,10 @@ def test_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one
             headers={"Content-Type": "image/png"},
         )  # fmt: skip
         assert missing.status_code == 404 and "not loaded" in missing.json()["message"]
-        back = httpx.post(f"{server.url}/admin/models/{FAMILY}/rollback", headers=ADMIN, timeout=30)
-        assert back.status_code == 200, back.text
+        back = httpx.post(
+            f"{server.url}/admin/rollback", json={"reason": "test"}, headers=ADMIN, timeout=30
+        )
+        assert back.status_code == 200, (back.status_code, back.headers, back.text)
         assert registry.aliases(FAMILY) == {CHAMPION: 2}
     finally:
         stop_server(server)
