@@ -39,8 +39,6 @@ ANSWERED = "project.version"  # output column: the version that answered (see ab
 NOT_LOADED = 0
 
 Loader = Callable[[ModelEntry], LoadedModel]
-# (champion, challenger, agree per row, score difference per row)
-ShadowSink = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,6 @@ class VersionSet:
         self._lock = threading.Lock()  # one refresh at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.on_change: Callable[[State], None] | None = None
         self.last_error: str | None = None
 
     @property
@@ -154,8 +151,6 @@ class VersionSet:
             f", challenger {entry.rollout.challenger} (canary {entry.rollout.canary_share:g}, "
             f"shadow {entry.rollout.shadow_share:g})" if entry.rollout else "",
         )  # fmt: skip
-        if self.on_change is not None:
-            self.on_change(self.state)
         return True
 
     def start(self) -> None:
@@ -165,9 +160,6 @@ class VersionSet:
                 target=self._poll, name=f"versions-{self.entry.name}", daemon=True
             )
             self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -196,16 +188,6 @@ class VersionSet:
         shadow &= ~pinned
         versions[~np.isin(versions, list(state.models))] = NOT_LOADED
         return self._run(state, inputs, versions, shadow)
-
-    def metas(self) -> dict[str, object]:
-        """What serves now, for status pages."""
-        state = self.state
-        return {
-            "versions": sorted(state.models),
-            "champion": state.champion,
-            "rollout": None if state.rollout is None else state.rollout.model_dump(),
-            "last_error": self.last_error,
-        }
 
     def _run(
         self, state: State, inputs: Tensors, versions: np.ndarray, shadow: np.ndarray

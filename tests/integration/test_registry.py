@@ -261,25 +261,19 @@ def test_a_tracking_server_registry_is_what_both_front_ends_check(
         stop_server(server)
 
     registry.set_alias(FAMILY, CHAMPION, 1)  # now the registry says 1, the repository 2
-    refused = subprocess.run(
+    for command in (
         [BENTOML, "serve", "service:ImageClassifier", "--port", str(free_port())],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "python -m offline promote digits 1" in refused.stdout + refused.stderr
-    triton = subprocess.run(
         [sys.executable, "-m", "triton_server", "--repository", str(repository)],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert triton.returncode == 1, triton.stdout + triton.stderr
-    assert "python -m offline promote digits 1" in triton.stderr
+    ):
+        refused = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        said = refused.stdout + refused.stderr
+        assert refused.returncode == 1, said
+        assert "python -m offline promote digits 1" in said

@@ -8,7 +8,7 @@ kubelet's, restarts the whole server). Behind nginx, two replicas run under supe
 
 Every answer is checked against the in-process model's label for its own image; failures
 are counted by the client and logged by nginx. `python -m pytest
-tests/integration/test_replica_faults.py -s` prints the figures the README quotes.
+tests/integration/test_replica_faults.py -s` prints the figures docs/reliability.md quotes.
 """
 
 from __future__ import annotations

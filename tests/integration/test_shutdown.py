@@ -11,7 +11,7 @@ closed under a request at the very end; exit status 0; none of the server's proc
 (circus starts each worker in a session of its own: they are followed by pid); none of its
 shared memory and no drain lock file left.
 
-`python -m pytest tests/integration/test_shutdown.py -s` prints the figures the README's
+`python -m pytest tests/integration/test_shutdown.py -s` prints the figures docs/reliability.md's
 "Hard to break" table quotes.
 """
 
