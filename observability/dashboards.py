@@ -107,7 +107,17 @@ def serving_overview() -> dashboard.Dashboard:
         .refresh("10s")
         .time("now-30m", "now")
     )
-    board = _with_variables(board)
+    board = _with_variables(board).annotation(
+        dashboard.AnnotationQuery()
+        .name("Rollout decisions")
+        .datasource(DATASOURCE)
+        .enable(True)
+        .icon_color("orange")
+        .expr(
+            "sum by (model, decision, reason) (increase(imgserve_rollout_decisions_total"
+            '{model=~"$model"}[1m])) > 0'
+        )
+    )
     board = (
         board.with_row(dashboard.Row("Now"))
         .with_panel(_stat(
@@ -221,6 +231,22 @@ def serving_overview() -> dashboard.Dashboard:
               f"sum by (model) (rate(nv_inference_exec_count{TRITON_BY_NAME}[{RATE}]))",
               "{{model}}")],
             "Inferences per model execution: the dynamic batcher's batch size.",
+        ))
+        .with_row(dashboard.Row("Model versions and rollouts"))
+        .with_panel(_timeseries(
+            "Requests/s per model version", "reqps",
+            [('sum by (model, version, outcome) (rate(imgserve_version_requests_total'
+              f'{{model=~"$model", variant=~"$variant", instance=~"$instance"}}[{RATE}]))',
+              "{{model}} v{{version}} {{outcome}}")],
+            "Answers by the version that produced them: during a rollout, the champion and "
+            "the challenger's canary share side by side (decisions are annotations).",
+        ))
+        .with_panel(_timeseries(
+            "p99 latency per model version", "ms",
+            [(_quantile(0.99, "imgserve_version_request_duration_ms", "model, version",
+                        'model=~"$model", variant=~"$variant", instance=~"$instance"'),
+              "{{model}} v{{version}}")],
+            "What the rollout controller compares: the challenger's p99 against the champion's.",
         ))
         .with_panel(_timeseries(
             "Predictions by class", "reqps",

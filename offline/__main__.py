@@ -6,6 +6,10 @@ python -m offline profile NAME|all       build a load-profile model
 python -m offline import ...             bring your own ONNX image classifier
 python -m offline versions NAME          the registry's versions of a model and its aliases
 python -m offline promote NAME VERSION   serve a registry version: repository, then champion
+python -m offline rollout NAME start VERSION [--canary S] [--shadow S] [--hold]
+python -m offline rollout NAME shares|promote|rollback|status ...
+                                         a rollout beside the champion (either front end
+                                         follows the repository; lifecycle.rollout)
 python -m offline heldout                export the held-out digits to data/
 
 Every build goes into a staging folder, is recorded in the model registry as a new version
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from lifecycle.promote import adopt, family_entries, promote, publish_built
 from lifecycle.registry import Registry
-from runners.errors import ModelImportError, ServingError
+from runners.errors import Conflict, ModelImportError, ServingError
 from runners.precision import bf16_unavailable
 from runners.repository import CARD_JSON
 from runners.settings import REPO_ROOT
@@ -151,6 +155,27 @@ def _promote(args: argparse.Namespace) -> None:
     promote(Registry(), args.repository, args.name, args.version)
 
 
+def _rollout(args: argparse.Namespace) -> None:
+    from lifecycle import rollout
+
+    registry, repository, name = Registry(), args.repository, args.name
+    if args.action == "start":
+        if args.version is None:
+            raise Conflict("rollout start needs the registry version to roll out")
+        rollout.start(
+            registry, repository, name, args.version,
+            canary_share=args.canary, shadow_share=args.shadow, decide=not args.hold,
+        )  # fmt: skip
+    elif args.action == "shares":
+        rollout.set_shares(repository, name, args.canary, args.shadow)
+    elif args.action == "promote":
+        rollout.finish(registry, repository, name)
+    elif args.action == "rollback":
+        rollout.abort(registry, repository, name, args.reason)
+    state = rollout.rollout_of(repository, name)
+    sys.stdout.write(json.dumps({"model": name, "rollout": state and state.model_dump()}) + "\n")
+
+
 def _heldout(_: argparse.Namespace) -> None:
     from offline.data import write_heldout
 
@@ -191,6 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     promoted.add_argument("name")
     promoted.add_argument("version", type=int)
     promoted.set_defaults(handler=_promote)
+    rolling = commands.add_parser(
+        "rollout", help="roll a registry version out beside the champion, or end a rollout"
+    )
+    rolling.add_argument("name")
+    rolling.add_argument("action", choices=["start", "shares", "promote", "rollback", "status"])
+    rolling.add_argument("version", type=int, nargs="?", help="start: the version")
+    rolling.add_argument("--canary", type=float, default=0.0, help="share answered by it")
+    rolling.add_argument("--shadow", type=float, default=0.0, help="share also run on it")
+    rolling.add_argument("--hold", action="store_true", help="no automatic decision")
+    rolling.add_argument("--reason", default="rolled back by hand", help="rollback: why")
+    rolling.set_defaults(handler=_rollout)
     heldout = commands.add_parser("heldout", help="export the held-out digits split")
     heldout.set_defaults(handler=_heldout)
     args = parser.parse_args(argv)

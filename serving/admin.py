@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from lifecycle.supervisor import Rollouts
 from runners.errors import Forbidden, NotFound, Unauthorized
 from serving.openapi import admin_responses
-from serving.rollouts import Rollouts
 from serving.settings import ServingSettings
 
 _MODEL = "Model family; default: the first served."

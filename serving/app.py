@@ -162,7 +162,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
                 answered = await gw.answer(served, images, options, version)
         except ServingError as exc:
             if isinstance(exc, VersionFailed):
-                gw.metrics.answered_by(labels, exc.version, "error", None)
+                gw.metrics.versions.answered_by(labels, exc.version, "error", None)
             gw.metrics.outcome(labels, endpoint, exc)
             return error_response(exc, settings.retry_after_s)
         results = answered.slots
@@ -192,7 +192,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         gw.metrics.outcome(labels, endpoint, None)
         duration_ms = (time.perf_counter() - start) * 1000
         gw.metrics.request_duration_ms.labels(**labels, endpoint=endpoint).observe(duration_ms)
-        gw.metrics.answered_by(labels, answered.version, "ok", duration_ms)
+        gw.metrics.versions.answered_by(labels, answered.version, "ok", duration_ms)
         return json_response(body)
 
     @app.post(

@@ -16,16 +16,10 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from lifecycle.metrics import LATENCY_BUCKETS_MS, VersionMetrics
 from runners.errors import ServingError
 from runners.tasks import ROUTES as TASK_ROUTES
 
-# Milliseconds: a digit is decoded in ~0.05 ms and a batch runs in ~0.1-5 ms; a request that
-# queues behind load can take seconds before it is shed or times out.
-LATENCY_BUCKETS_MS = (
-    0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 75, 100, 250, 500, 1000, 2500, 5000,
-    10000,
-)  # fmt: skip
-SCORE_DIFFERENCE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 ENDPOINTS = tuple(endpoint for _, endpoint, _ in TASK_ROUTES.values())
 UNKNOWN = {"model": "none", "variant": "none", "backend": "none"}
@@ -43,40 +37,7 @@ class Metrics:
     predictions: Any
     in_flight: Any
     admission_limit: Any
-    version_requests: Any
-    version_duration_ms: Any
-    shadow_comparisons: Any
-    shadow_difference: Any
-    rollout_decisions: Any
-
-    def shadow(
-        self,
-        labels: dict[str, str],
-        champion: int,
-        challenger: int,
-        agree: Any,
-        difference: Any,
-    ) -> None:
-        """Count one batch's shadow comparisons of a champion and its challenger."""
-        pair = {"model": labels["model"], "variant": labels["variant"],
-                "champion": str(champion), "challenger": str(challenger)}  # fmt: skip
-        agreed = int(agree.sum())
-        if agreed:
-            self.shadow_comparisons.labels(**pair, agreement="agree").inc(agreed)
-        if len(agree) - agreed:
-            self.shadow_comparisons.labels(**pair, agreement="disagree").inc(len(agree) - agreed)
-        histogram = self.shadow_difference.labels(**pair)
-        for value in difference:
-            histogram.observe(float(value))
-
-    def answered_by(
-        self, labels: dict[str, str], version: int, outcome: str, duration_ms: float | None
-    ) -> None:
-        """Count one request a version answered (`ok`) or failed (`error`)."""
-        series = {"model": labels["model"], "variant": labels["variant"], "version": str(version)}
-        self.version_requests.labels(**series, outcome=outcome).inc()
-        if duration_ms is not None:
-            self.version_duration_ms.labels(**series).observe(duration_ms)
+    versions: VersionMetrics
 
     def outcome(self, labels: dict[str, str], endpoint: str, error: ServingError | None) -> None:
         """Count one finished request (or one failed image of a batch request)."""
@@ -168,34 +129,7 @@ def metrics() -> Metrics:
             "Requests the entry service admits at once now, summed over its workers.",
             multiprocess_mode="livesum",
         ),
-        # Version labels are the loaded versions only (at most a champion and a challenger).
-        version_requests=Counter(
-            "imgserve_version_requests",
-            "Requests answered (ok) or failed (error) by a model version.",
-            ("model", "variant", "version", "outcome"),
-        ),
-        version_duration_ms=Histogram(
-            "imgserve_version_request_duration_ms",
-            "End-to-end time of a request a model version answered, in ms.",
-            ("model", "variant", "version"),
-            buckets=LATENCY_BUCKETS_MS,
-        ),
-        shadow_comparisons=Counter(
-            "imgserve_shadow_comparisons",
-            "Images a challenger also ran in the shadow of the champion, by top-1 agreement.",
-            ("model", "variant", "champion", "challenger", "agreement"),
-        ),
-        shadow_difference=Histogram(
-            "imgserve_shadow_score_difference",
-            "Per shadowed image: |champion's top-1 score - challenger's score for that class|.",
-            ("model", "variant", "champion", "challenger"),
-            buckets=SCORE_DIFFERENCE_BUCKETS,
-        ),
-        rollout_decisions=Counter(
-            "imgserve_rollout_decisions",
-            "Decisions of the rollout controller (and manual ones) by kind and reason.",
-            ("model", "decision", "reason"),
-        ),
+        versions=VersionMetrics(),
     )
 
 
@@ -214,3 +148,12 @@ def render_latest() -> tuple[bytes, str]:
     from prometheus_client import REGISTRY
 
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def metrics_text() -> str:
+    """`render_latest` as text: what the rollout controller reads."""
+    return render_latest()[0].decode()
+
+
+def count_rollout_decision(model: str, decision: str, reason: str) -> None:
+    metrics().versions.decided(model, decision, reason)

@@ -105,7 +105,7 @@ def runner_service(
             self.inference_ms.observe((time.perf_counter() - start) * 1000)
             self.batch_size.observe(len(batch))
             for champion, challenger, agree, difference in routed.shadows:
-                self.metrics.shadow(labels, champion, challenger, agree, difference)
+                self.metrics.versions.shadow(labels, champion, challenger, agree, difference)
             answered = {**routed.outputs, ANSWERED: routed.versions.astype(np.float32)[:, None]}
             return pack(answered, outputs)
 

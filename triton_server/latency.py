@@ -17,14 +17,17 @@ right. So the launcher traces nothing, and the figures come from two places:
     imgserve_triton_compute_ms    compute of one batch (decode included), in ms
     imgserve_triton_batch_rows    rows per batch run by the backend
 
-labelled by model (family), variant and backend, all from closed sets.
+labelled by model (family), variant and backend, all from closed sets; and the per-version
+series of a rollout (`lifecycle.metrics`), which the rollout controller reads.
 """
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
+
+from lifecycle.metrics import VersionMetrics
 
 logger = logging.getLogger("triton_server")
 
@@ -56,6 +59,10 @@ class LatencyMetrics:
             buckets=BATCH_ROWS_BUCKETS,
             registry=self.registry,
         )
+        self.versions = VersionMetrics(self.registry)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
 
 
 class MetricsEndpoint:

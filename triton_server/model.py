@@ -16,6 +16,7 @@ answered for that request alone, never for the rest of its batch.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,17 +24,20 @@ from typing import Any
 import numpy as np
 from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
 
-from runners.errors import InvalidTensor, ServingError
-from runners.model import LoadedModel
+from lifecycle.metrics import VersionMetrics
+from runners.errors import InvalidTensor, NotFound, ServingError
 from runners.preprocessing import ImageLimits
 from runners.repository import ModelEntry
 from runners.tasks import get_task
 from runners.tensors import Tensors, batch_size, concat
+from runners.versions import NOT_LOADED, VersionSet, route_columns
 from triton_server.errors import error_output
 
 logger = logging.getLogger("triton_server")
 
 IMAGE_INPUT = "image"
+VERSION_OUTPUT = "model_version"  # INT64 [-1, 1]: the version that answered each row
+VERSION_PARAMETER = "version"  # request parameter: pin a loaded version
 
 # (rows in the batch, seconds the batch took here, decoding included) -> None; the metrics hook.
 BatchObserver = Callable[[int, float], None]
@@ -77,92 +81,151 @@ def inputs(entry: ModelEntry) -> list[Tensor]:
 
 def outputs(entry: ModelEntry) -> list[Tensor]:
     return [
-        Tensor(name=name, dtype=dtype, shape=dims)
-        for name, dtype, dims in get_task(entry.task).triton_outputs(entry)
+        *(
+            Tensor(name=name, dtype=dtype, shape=dims)
+            for name, dtype, dims in get_task(entry.task).triton_outputs(entry)
+        ),
+        Tensor(name=VERSION_OUTPUT, dtype=np.int64, shape=(1,)),
     ]
+
+
+def requested_version(request: Any) -> int | None:
+    """The version a request pins (its `version` parameter), or None for the router's."""
+    parameters = getattr(request, "parameters", None) or {}
+    value = parameters.get(VERSION_PARAMETER)
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidTensor(
+            f"the request parameter {VERSION_PARAMETER!r} is a model version number "
+            f"(an integer >= 1), not {value!r}"
+        )
+    return value
 
 
 class Replica:
     """The inference callable of one Triton model instance.
 
-    Triton hands it the requests of one dynamic batch; their rows run through the backend
-    as one array and are split back per request. Replicas of a model share its LoadedModel
-    (engines are thread-safe) and run in their own threads.
+    Triton hands it the requests of one dynamic batch; their rows run through the variant's
+    loaded versions (`runners.versions.VersionSet`: champion, and during a rollout the
+    challenger, canary and shadow) as one array and are split back per request, each with the
+    version that answered it. Replicas of a model share its VersionSet (engines are
+    thread-safe) and run in their own threads.
     """
 
     def __init__(
         self,
-        model: LoadedModel,
+        versions: VersionSet,
         limits: ImageLimits,
+        metrics: VersionMetrics,
         on_batch: BatchObserver | None = None,
     ) -> None:
-        self.model = model
+        self.versions = versions
         self.limits = limits
+        self.metrics = metrics
         self.on_batch = on_batch
-        self._names = [t.name for t in model.entry.inputs]
+        entry = versions.entry
+        self.labels = {"model": entry.family, "variant": entry.variant}
+        self._names = [t.name for t in entry.inputs]
 
     def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
         started = time.perf_counter()
-        slots: list[tuple[int, int] | ServingError] = []
+        slots: list[tuple[int, int, int | None] | ServingError] = []
         parts: list[Tensors] = []
         rows = 0
+        entry = self.versions.entry
         for request in requests:
             try:
                 part = self._tensors(request)
+                count = batch_size(part)
+                asked = requested_version(request)
+                part.update(route_columns(count, asked, random.random()))
             except ServingError as exc:
                 # Triton logs no request it answers with an error: say which and why here.
-                logger.info("%s: request refused: %s", self.model.entry.name, exc.message)
+                logger.info("%s: request refused: %s", entry.name, exc.message)
                 slots.append(exc)
                 continue
-            count = batch_size(part)
-            slots.append((rows, rows + count))
+            slots.append((rows, rows + count, asked))
             parts.append(part)
             rows += count
         if not parts:
             return [error_output(slot) for slot in slots if isinstance(slot, ServingError)]
-        entry, task = self.model.entry, self.model.task
+        task = get_task(entry.task)
         try:
-            outputs = self.model.run(concat(parts))
-            answer = task.triton_answer(entry, outputs)
+            routed = self.versions.run(concat(parts))
+            answer = task.triton_answer(entry, routed.outputs)
             (answer,) = task.split(answer, [rows], entry.name)  # one row per input row
+            seconds = time.perf_counter() - started
             if self.on_batch is not None:
-                self.on_batch(rows, time.perf_counter() - started)
+                self.on_batch(rows, seconds)
         except ServingError as exc:
             # A failed batch fails every request in it with the same clear error.
             return [error_output(exc) for _ in slots]
         except Exception:
-            logger.exception("inference failed for %s", self.model.entry.name)
-            failed = ServingError(f"inference failed in model {self.model.entry.name}")
+            logger.exception("inference failed for %s", entry.name)
+            failed = ServingError(f"inference failed in model {entry.name}")
             return [error_output(failed) for _ in slots]
+        for champion, challenger, agree, difference in routed.shadows:
+            self.metrics.shadow(self.labels, champion, challenger, agree, difference)
         return [
             error_output(slot)
             if isinstance(slot, ServingError)
-            else {name: array[slot[0] : slot[1]] for name, array in answer.items()}
+            else self._answer(answer, routed.versions, slot, seconds * 1000)
             for slot in slots
         ]
 
+    def _answer(
+        self,
+        answer: Tensors,
+        versions: np.ndarray,
+        slot: tuple[int, int, int | None],
+        ms: float,
+    ) -> dict[str, np.ndarray]:
+        """One request's outputs and the version that produced them, or its error."""
+        start, end, asked = slot
+        version = int(versions[start])
+        if version == NOT_LOADED:
+            loaded = ", ".join(map(str, self.versions.versions))
+            return error_output(
+                NotFound(
+                    f"version {asked} of {self.versions.entry.name} is not loaded; "
+                    f"loaded versions: {loaded}"
+                )
+            )
+        if version < 0:
+            self.metrics.answered_by(self.labels, -version, "error", None)
+            return error_output(
+                ServingError(f"version {-version} of {self.versions.entry.name} failed")
+            )
+        self.metrics.answered_by(self.labels, version, "ok", ms)
+        return {
+            **{name: array[start:end] for name, array in answer.items()},
+            VERSION_OUTPUT: np.full((end - start, 1), version, np.int64),
+        }
+
     def _tensors(self, request: Any) -> Tensors:
         data = request.data
+        entry = self.versions.entry
         given = [name for name in self._names if name in data]
         has_image = IMAGE_INPUT in data
         if has_image == bool(given) or (given and len(given) != len(self._names)):
             has = "both" if has_image and given else "neither" if not given else "some"
-            shapes = ", ".join(
-                f"{t.name!r} ({t.dtype} {[-1, *t.dims]})" for t in self.model.entry.inputs
-            )
+            shapes = ", ".join(f"{t.name!r} ({t.dtype} {[-1, *t.dims]})" for t in entry.inputs)
             raise InvalidTensor(
                 f"send exactly one of the inputs: the model's {shapes}, or {IMAGE_INPUT!r} "
                 f"(BYTES [-1, 1], one encoded image per row); the request has {has}"
             )
         if given:
             # Triton has already checked the dtype and the shape against the model config.
-            inputs = {t.name: t for t in self.model.entry.inputs}
+            inputs = {t.name: t for t in entry.inputs}
             return {
                 name: np.ascontiguousarray(data[name], dtype=inputs[name].numpy_dtype)
                 for name in given
             }
         images = [bytes(encoded) for encoded in data[IMAGE_INPUT].reshape(-1)]
-        prepared = self.model.task.prepare(self.model.entry, images, self.limits)
+        prepared = get_task(entry.task).prepare(entry, images, self.limits)
         for row, failure in enumerate(prepared.failures):
             if failure is not None:
                 raise type(failure)(f"image row {row}: {failure.message}") from failure

@@ -11,6 +11,7 @@ and return; leaving the `with` block stops it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -25,12 +26,14 @@ import psutil  # a dependency of BentoML's, which this project installs
 from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
 from lifecycle import consistency
+from lifecycle.supervisor import Rollouts
 from runners.errors import RepositoryError
 from runners.model import LoadedModel
 from runners.modelfile import check_model_file
 from runners.offering import offer
 from runners.repository import ModelEntry, Repository
 from runners.settings import BackendSettings
+from runners.versions import VersionSet
 from triton_server import drain as triton_drain
 from triton_server import model as triton_model
 from triton_server import pytriton_compat, readiness
@@ -125,7 +128,7 @@ class TritonFrontEnd:
         self.entries = select_entries(repository, self.settings.models, self.backend_settings)
         # The registry and the repository agree on each served family, or this stops here.
         consistency.check(self.settings.repository, {entry.family for entry in self.entries})
-        self.models: dict[str, LoadedModel] = {}
+        self.versions: dict[str, VersionSet] = {}
         self.metrics = LatencyMetrics()
         self._triton: Triton | None = None
         self._endpoint: MetricsEndpoint | None = None
@@ -134,6 +137,7 @@ class TritonFrontEnd:
         self._drain_requested: float | None = None
         self._serving = False
         self._gate: readiness.LoadingGate | None = None
+        self.rollouts: Rollouts | None = None
 
     @property
     def http_url(self) -> str:
@@ -214,13 +218,15 @@ class TritonFrontEnd:
                 readiness.LOADING,
             )
             for entry in self.entries:
-                self.models[entry.name] = LoadedModel.load(entry, settings=self.backend_settings)
+                versions = VersionSet(entry, self._load)
+                self.versions[entry.name] = versions
                 logger.info(
-                    "loaded %s (%s, %s) with %s",
+                    "loaded %s (%s, %s), versions %s, with %s",
                     entry.name,
                     entry.family,
                     entry.variant,
-                    self.models[entry.name].backend.name,
+                    ", ".join(map(str, versions.versions)),
+                    self._backend_of(versions),
                 )
             self._start_latency_metrics()
             for entry in self.entries:
@@ -238,6 +244,10 @@ class TritonFrontEnd:
             gate.open(STARTUP_TIMEOUT_S)
             triton.connect()  # waits for ready; logs the models' endpoints
             self.remember_shared_memory()
+            for versions in self.versions.values():
+                versions.start()  # follow the repository: rollouts (runners.versions)
+            if settings.rollout_controller:
+                self._start_controller()
         except BaseException:
             self.stop()
             raise
@@ -258,9 +268,31 @@ class TritonFrontEnd:
                 self.metrics, self.settings.triton_host, self.settings.latency_metrics_port
             )
 
+    def _start_controller(self) -> None:
+        """Judge rollouts in a thread of this process, from the launcher's own metrics."""
+        families = tuple(sorted({entry.family for entry in self.entries}))
+        self.rollouts = Rollouts(
+            self.settings.repository, families, self.metrics.text, self.metrics.versions.decided
+        )
+        rollouts = self.rollouts
+
+        def control() -> None:
+            asyncio.run(rollouts.control(running=lambda: self._triton is not None))
+
+        threading.Thread(target=control, name="rollout-controller", daemon=True).start()
+
+    def _load(self, entry: ModelEntry) -> LoadedModel:
+        return LoadedModel.load(entry, settings=self.backend_settings)
+
+    @staticmethod
+    def _backend_of(versions: VersionSet) -> str:
+        state = versions.state
+        return state.models[state.champion].backend.name
+
     def _bind(self, triton: Triton, entry: ModelEntry) -> None:
-        loaded = self.models[entry.name]
-        labels = (entry.family, entry.variant, loaded.backend.name)
+        versions = self.versions[entry.name]
+        champion = versions.state.models[versions.state.champion]
+        labels = (entry.family, entry.variant, champion.backend.name)
         rows = self.metrics.batch_rows.labels(*labels)
         compute_ms = self.metrics.compute_ms.labels(*labels)
 
@@ -269,7 +301,9 @@ class TritonFrontEnd:
             compute_ms.observe(seconds * 1000)
 
         replicas = [
-            triton_model.Replica(loaded, self.settings.image_limits, on_batch)
+            triton_model.Replica(
+                versions, self.settings.image_limits, self.metrics.versions, on_batch
+            )
             for _ in range(entry.instances)
         ]
         pytriton_compat.bind(
@@ -284,8 +318,8 @@ class TritonFrontEnd:
                 "project.family": entry.family,
                 "project.variant": entry.variant,
                 "project.precision": entry.precision,
-                "project.runs_in": loaded.backend.runs_in,
-                "project.backend": loaded.backend.name,
+                "project.runs_in": champion.backend.runs_in,
+                "project.backend": champion.backend.name,
             },
         )
 

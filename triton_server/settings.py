@@ -58,6 +58,9 @@ class TritonSettings(ProjectSettings):
         "false before it refuses new requests and drains (a Kubernetes preStop sleep plays "
         "this part). The same IMGSERVE_DRAIN_DELAY_S as the BentoML entry's.",
     )
+    rollout_controller: bool = Field(
+        default=True, description="Judge rollouts in this server and promote or roll back."
+    )
     max_image_bytes: int = Field(
         default=8 * 1024 * 1024, gt=0, description="Cap on one encoded image."
     )

@@ -1,6 +1,7 @@
 """The model registry (MLflow) and the repository: versions, aliases, promotion, and the front
 ends refusing to start when the two disagree. The embedded store (SQLite and a folder) and a
-real `mlflow server` process on loopback, with the real digits model."""
+real `mlflow server` process on loopback with PostgreSQL behind it, with the real digits
+model."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from unittest import mock
 
 import httpx
 import onnx
+import psycopg
 import pytest
 
 from lifecycle import consistency
@@ -28,6 +30,7 @@ from offline.digits import encode_png
 from runners.errors import RegistryError
 from runners.repository import REGISTRY_STAMP, Repository
 from tests.integration.conftest import BENTOML, REPO_ROOT, free_port, start_server, stop_server
+from tests.integration.postgres import postgres_server
 
 COMMITTED = REPO_ROOT / "model_repository"
 FAMILY = "digits"
@@ -186,46 +189,44 @@ def test_promoting_a_version_without_a_variant_removes_that_variant(
 
 
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server`: SQLite behind it, artifacts served through it."""
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A real `mlflow server` as a team runs it: PostgreSQL behind it (a real server on
+    loopback), artifacts served through it. Its URL, and the database's."""
     home = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    log = (home / "server.log").open("wb")
-    command = [
-        str(Path(sys.executable).with_name("mlflow")), "server",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", str(home / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            assert process.poll() is None, (home / "server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server not up after 120 s"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+    with postgres_server() as store, (home / "server.log").open("wb") as log:
+        port = free_port()
+        command = [
+            str(Path(sys.executable).with_name("mlflow")), "server",
+            "--backend-store-uri", store,
+            "--artifacts-destination", str(home / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                assert process.poll() is None, (home / "server.log").read_text()
+                assert time.monotonic() < deadline, "mlflow server not up after 120 s"
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.25)
+            yield url, store
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
 
 
 def test_a_tracking_server_registry_is_what_both_front_ends_check(
-    tmp_path: Path, tracking_server: str
+    tmp_path: Path, tracking_server: tuple[str, str]
 ) -> None:
-    settings = RegistrySettings(data_dir=tmp_path / "data", registry_uri=tracking_server)
+    url, database = tracking_server
+    settings = RegistrySettings(data_dir=tmp_path / "data", registry_uri=url)
     registry = Registry(settings)
     repository = copy_committed(tmp_path / "repo")
     assert adopt(registry, repository, FAMILY) is not None
@@ -235,6 +236,11 @@ def test_a_tracking_server_registry_is_what_both_front_ends_check(
     assert not (tmp_path / "data").exists(), "a server registry keeps nothing locally"
     artifacts = registry.client.get_run(published.version.run_id).info.artifact_uri
     assert artifacts.startswith("mlflow-artifacts:"), "artifacts go through the server"
+    with psycopg.connect(database.replace("postgresql+psycopg", "postgresql")) as connection:
+        stored = connection.execute(
+            "SELECT version FROM model_versions WHERE name = %s ORDER BY version", (FAMILY,)
+        ).fetchall()
+    assert [row[0] for row in stored] == [1, version], "the versions live in PostgreSQL"
 
     home = tmp_path / "bentoml"
     home.mkdir()
@@ -242,7 +248,7 @@ def test_a_tracking_server_registry_is_what_both_front_ends_check(
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "true",
         "IMGSERVE_REPOSITORY": str(repository),
-        "IMGSERVE_REGISTRY_URI": tracking_server,
+        "IMGSERVE_REGISTRY_URI": url,
     }
     server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:

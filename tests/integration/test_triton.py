@@ -123,19 +123,13 @@ def stop(server: TritonProcess) -> None:
             server.process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def server(
-    repository: Repository, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TritonProcess]:
+def launch(root: Path, log: Path, extra_env: dict[str, str] | None = None) -> TritonProcess:
+    """`python -m triton_server` on `root`, on free ports; returns once every model is ready."""
     ports = [free_port() for _ in range(4)]
-    log = tmp_path_factory.mktemp("triton_log") / "server.log"
-    env = {
-        **os.environ,
-        "IMGSERVE_SHUTDOWN_TIMEOUT_S": "2",
-    }
+    env = {**os.environ, "IMGSERVE_SHUTDOWN_TIMEOUT_S": "2", **(extra_env or {})}
     env.pop("LD_LIBRARY_PATH", None)  # the launcher must set it up itself
     shm_before = _shm()
-    command = [sys.executable, "-m", "triton_server", "--repository", str(repository.root)]
+    command = [sys.executable, "-m", "triton_server", "--repository", str(root)]
     for flag, port in zip(
         ("--http-port", "--grpc-port", "--metrics-port", "--latency-metrics-port"),
         ports,
@@ -161,6 +155,7 @@ def server(
         shm_before,
     )
     deadline = time.monotonic() + 120
+    names = [entry.name for entry in Repository(root)]
     with httpx.Client(timeout=2.0) as client:
         while True:
             if process.poll() is not None:
@@ -169,17 +164,24 @@ def server(
                 # The server turns ready last, once every model is loaded and set up.
                 ready = [client.get(f"http://{running.http}/v2/health/ready").status_code]
                 ready += [
-                    client.get(f"http://{running.http}/v2/models/{e.name}/ready").status_code
-                    for e in repository
+                    client.get(f"http://{running.http}/v2/models/{name}/ready").status_code
+                    for name in names
                 ]
                 if ready == [200] * len(ready):
-                    break
+                    return running
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
                 stop(running)
                 raise RuntimeError(f"server not ready:\n{log.read_text()}")
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(
+    repository: Repository, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonProcess]:
+    running = launch(repository.root, tmp_path_factory.mktemp("triton_log") / "server.log")
     try:
         yield running
     finally:
@@ -255,6 +257,7 @@ def test_metadata_and_config_are_truthful(server: TritonProcess, repository: Rep
         assert {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]} == {
             "scores": ("FP32", [-1, *entry.outputs[0].dims]),
             "label": ("BYTES", [-1, 1]),
+            "model_version": ("INT64", [-1, 1]),
         }
         config = http.get_model_config(entry.name)
         batching = config["dynamic_batching"]

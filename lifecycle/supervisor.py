@@ -1,10 +1,11 @@
-"""Rollouts in a running server: the admin operations and the controller loop.
+"""Rollouts in a running server, either front end: the operations and the controller loop.
 
 The operations are `lifecycle.rollout`'s, run in a worker thread (they write the repository
 and call the registry); the runners follow the repository by themselves. The controller
-(`lifecycle.controller`) runs as one task on the entry worker's loop: each interval it reads
-the served families' rollouts from the repository and this service's metrics, and promotes
-or rolls back a rollout that asks for it (`decide`).
+(`lifecycle.controller`) runs as one task on an event loop (BentoML: the first entry
+worker's; Triton: the launcher's controller thread): each interval it reads the served
+families' rollouts from the repository and the server's own metrics, and promotes or rolls
+back a rollout that asks for it (`decide`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +24,27 @@ from lifecycle import rollout as operations
 from lifecycle.controller import Decision, RolloutSettings, Watch, describe, parse
 from lifecycle.registry import Registry
 from runners.errors import ServingError
-from serving.metrics import metrics, render_latest
 
-log = logging.getLogger("serving")
+log = logging.getLogger(__name__)
 
 
 class Rollouts:
-    """The served families' rollouts: start, shares, promote, roll back, and the controller."""
+    """The served families' rollouts: start, shares, promote, roll back, and the controller.
 
-    def __init__(self, repository: Path, families: tuple[str, ...]) -> None:
+    `read_metrics` returns the serving process's Prometheus text; `count_decision` counts a
+    decision by model, decision and reason kind (`imgserve_rollout_decisions_total`)."""
+
+    def __init__(
+        self,
+        repository: Path,
+        families: tuple[str, ...],
+        read_metrics: Callable[[], str],
+        count_decision: Callable[[str, str, str], None],
+    ) -> None:
         self.repository = repository
         self.families = families
+        self.read_metrics = read_metrics
+        self.count_decision = count_decision
         self.settings = RolloutSettings()
         self.decisions: deque[Decision] = deque(maxlen=50)
         self.watches: dict[str, Watch] = {}
@@ -84,7 +96,7 @@ class Rollouts:
         self.watches.pop(family, None)
         decision = Decision(family, kind, reason, {"version": version, **figures})
         self.decisions.append(decision)
-        metrics().rollout_decisions.labels(model=family, decision=kind, reason=_kind(reason)).inc()
+        self.count_decision(family, kind, _kind(reason))
         log.info("rollout decision: %s", json.dumps(describe(decision), default=str))
         return describe(decision)
 
@@ -103,19 +115,20 @@ class Rollouts:
 
     def run_controller(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._control())
+            self._task = asyncio.get_running_loop().create_task(self.control())
 
-    async def _control(self) -> None:
-        while True:
+    async def control(self, running: Callable[[], bool] = lambda: True) -> None:
+        """Judge every interval while `running()` (or cancel the task)."""
+        while running():
             await asyncio.sleep(self.settings.rollout_interval_s)
             try:
-                await self._judge_all()
+                await self.judge_all()
             except ServingError as exc:
                 log.error("rollout controller: %s", exc.message)
             except Exception:
                 log.exception("rollout controller")
 
-    async def _judge_all(self) -> None:
+    async def judge_all(self) -> None:
         samples = None
         for family in self.families:
             rollout = operations.rollout_of(self.repository, family)
@@ -123,7 +136,7 @@ class Rollouts:
                 self.watches.pop(family, None)
                 continue
             if samples is None:
-                samples = parse(render_latest()[0].decode())
+                samples = parse(self.read_metrics())
             champion = operations.current(self.repository, family)
             version = next(iter(champion.values())).version
             watch = self.watches.get(family)
