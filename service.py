@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+import anyio.to_thread
 import bentoml
 
 from lifecycle import consistency
@@ -108,14 +109,22 @@ class ImageClassifier:
         )
         app.state.gateway = self.gateway
         app.state.rollouts = self.rollouts = Rollouts(
-            settings.repository, settings.models, metrics_text, count_rollout_decision
+            settings.repository,
+            settings.models,
+            metrics_text,
+            count_rollout_decision,
+            metrics_in_helper=True,
         )
         self._warming: asyncio.Task[None] | None = None
+        self._opening: asyncio.Task[None] | None = None
 
     @bentoml.on_startup
     async def warm_up(self) -> None:
-        # In the background: /livez must answer while the runners load.
+        # In the background: /livez must answer while the runners load and the registry opens.
         self._warming = asyncio.get_running_loop().create_task(self.gateway.become_ready())
+        self._opening = asyncio.get_running_loop().create_task(
+            anyio.to_thread.run_sync(self.rollouts.prepare)
+        )
         # SIGTERM drains this worker before it stops (serving.drain says how and why).
         self.gateway.drain.install()
         # One entry worker judges rollouts (BentoML numbers its workers from 1).
@@ -125,7 +134,12 @@ class ImageClassifier:
     async def __is_ready__(self) -> bool:
         # BentoML's own runner probe after this answers a bare 500 when a runner is gone.
         gateway = self.gateway
-        return gateway.ready and not gateway.drain.stopping and await gateway.runners_alive()
+        return (
+            gateway.ready
+            and self.rollouts.prepared
+            and not gateway.drain.stopping
+            and await gateway.runners_alive()
+        )
 
     async def __is_alive__(self) -> bool:
         # /livez also fails when a runner service is gone (see Gateway.runners_alive).

@@ -69,6 +69,17 @@ def _figures(run: Run) -> tuple[float, float, int]:
     return len(latencies) / run.seconds, p99, bad
 
 
+def _timeline(run: Run, step_s: float = 0.5) -> str:
+    """Answers per second in each `step_s` of a phase: where a rollout costs."""
+    if not run.answers:
+        return "-"
+    first = min(a.sent_s for a in run.answers)
+    counts = np.bincount(
+        [int((a.sent_s + a.latency_s - first) / step_s) for a in run.answers if a.status == 200]
+    )
+    return " ".join(f"{count / step_s:.0f}" for count in counts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rollout", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -120,8 +131,10 @@ def _measure(server: servers.Server, args: argparse.Namespace) -> int:
         timer = threading.Timer(0.5, roll)
         timer.start()
         began = time.monotonic()
-        rolling = _figures(closed_loop(host, int(port), requests, args.clients, args.seconds))
+        phase = closed_loop(host, int(port), requests, args.clients, args.seconds)
+        rolling = _figures(phase)
         timer.join()
+        log.info("round %d: rollout phase, answers/s per 0.5 s: %s", round_, _timeline(phase))
         decisions = admin.get("/rollouts").json()["decisions"]
         mine = [d for d in decisions if d["figures"].get("version") == other and d["at"] > 0]
         decided = mine[-1]["decision"] if mine and len(decisions) == round_ else "none"

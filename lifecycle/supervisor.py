@@ -1,7 +1,10 @@
 """Rollouts in a running server, either front end: the operations and the controller loop.
 
-The operations are `lifecycle.rollout`'s, run in a worker thread (they write the repository
-and call the registry); the runners follow the repository by themselves. The controller
+The operations are `lifecycle.rollout`'s. Those that call the registry run in one helper
+process that opens the registry when the server starts (`prepare`): MLflow's import takes
+seconds of CPU and its calls hold the interpreter lock for a tenth of a second and more, which
+in the serving process would stall every request beside them. The runners follow the
+repository by themselves. The controller
 (`lifecycle.controller`) runs as one task on an event loop (BentoML: the first entry
 worker's; Triton: the launcher's controller thread): each interval it reads the served
 families' rollouts from the repository and the server's own metrics, and promotes or rolls
@@ -13,26 +16,52 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
 from lifecycle import rollout as operations
-from lifecycle.controller import Decision, RolloutSettings, Watch, describe, parse
+from lifecycle.controller import Decision, RolloutSettings, Samples, Watch, describe, parse
 from lifecycle.registry import Registry
 from runners.errors import ServingError
 
 log = logging.getLogger(__name__)
+
+_OPENED: dict[str, Registry] = {}  # in the helper process: "registry"
+
+
+def _open(families: tuple[str, ...]) -> None:
+    """The helper process's start: import MLflow and make a first call to its store."""
+    registry = _OPENED["registry"] = Registry()
+    try:
+        for family in families:
+            registry.aliases(family)
+    except ServingError as exc:  # the operations will say why they fail
+        logging.getLogger(__name__).warning("the registry did not open: %s", exc.message)
+
+
+def _samples(read_metrics: Callable[[], str]) -> Samples:
+    return parse(read_metrics())
+
+
+def _operation(name: str, *args: Any, **kwargs: Any) -> Any:
+    """`lifecycle.rollout.<name>(registry, ...)`, in the helper process."""
+    return getattr(operations, name)(_OPENED["registry"], *args, **kwargs)
 
 
 class Rollouts:
     """The served families' rollouts: start, shares, promote, roll back, and the controller.
 
     `read_metrics` returns the serving process's Prometheus text; `count_decision` counts a
-    decision by model, decision and reason kind (`imgserve_rollout_decisions_total`)."""
+    decision by model, decision and reason kind (`imgserve_rollout_decisions_total`). With
+    `metrics_in_helper`, `read_metrics` (a module-level function) runs in the helper process:
+    BentoML's metrics are files shared by its processes, and merging them takes tens of ms
+    of the interpreter lock each interval; otherwise it runs in a thread here."""
 
     def __init__(
         self,
@@ -40,35 +69,59 @@ class Rollouts:
         families: tuple[str, ...],
         read_metrics: Callable[[], str],
         count_decision: Callable[[str, str, str], None],
+        *,
+        metrics_in_helper: bool = False,
     ) -> None:
         self.repository = repository
         self.families = families
         self.read_metrics = read_metrics
         self.count_decision = count_decision
+        self.metrics_in_helper = metrics_in_helper
         self.settings = RolloutSettings()
         self.decisions: deque[Decision] = deque(maxlen=50)
         self.watches: dict[str, Watch] = {}
         self._task: asyncio.Task[None] | None = None
-        self._registry: Registry | None = None
+        self._helper: ProcessPoolExecutor | None = None
+        self.prepared = False
 
-    @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = Registry()
-        return self._registry
+    def prepare(self) -> None:
+        """Start the helper process and wait until it has opened the registry (blocking: run
+        it in a thread at start-up)."""
+        if self._helper is None:
+            self._helper = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_open,
+                initargs=(self.families,),
+            )
+        self._helper.submit(int).result()
+        self.prepared = True
 
-    # operations (each one a thread: files and the registry)
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_helper(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._helper is None:
+            await anyio.to_thread.run_sync(self.prepare)
+        assert self._helper is not None
+        return await asyncio.wrap_future(self._helper.submit(function, *args, **kwargs))
+
+    async def _samples(self) -> Samples:
+        if self.metrics_in_helper:
+            found: Samples = await self._in_helper(_samples, self.read_metrics)
+            return found
+        return await anyio.to_thread.run_sync(_samples, self.read_metrics)
+
+    # operations (registry ones in the helper process, the file-only one in a thread)
 
     async def start(
         self, family: str, version: int, canary: float, shadow: float, decide: bool
     ) -> dict[str, Any]:
-        def run() -> Any:
-            return operations.start(
-                self.registry, self.repository, family, version,
-                canary_share=canary, shadow_share=shadow, decide=decide,
-            )  # fmt: skip
-
-        rollout = await anyio.to_thread.run_sync(run)
+        rollout = await self._in_helper(
+            _operation, "start", self.repository, family, version,
+            canary_share=canary, shadow_share=shadow, decide=decide,
+        )  # fmt: skip
         self.watches.pop(family, None)  # a new baseline when the controller next looks
         return {"model": family, "rollout": rollout.model_dump()}
 
@@ -79,15 +132,11 @@ class Rollouts:
         return {"model": family, "rollout": rollout.model_dump()}
 
     async def promote(self, family: str, reason: str, figures: dict[str, Any]) -> dict[str, Any]:
-        version = await anyio.to_thread.run_sync(
-            operations.finish, self.registry, self.repository, family
-        )
+        version = await self._in_helper(_operation, "finish", self.repository, family)
         return self._decided(family, "promote", reason, figures, version)
 
     async def rollback(self, family: str, reason: str, figures: dict[str, Any]) -> dict[str, Any]:
-        version = await anyio.to_thread.run_sync(
-            operations.abort, self.registry, self.repository, family, reason
-        )
+        version = await self._in_helper(_operation, "abort", self.repository, family, reason)
         return self._decided(family, "rollback", reason, figures, version)
 
     def _decided(
@@ -136,7 +185,7 @@ class Rollouts:
                 self.watches.pop(family, None)
                 continue
             if samples is None:
-                samples = parse(self.read_metrics())
+                samples = await self._samples()
             champion = operations.current(self.repository, family)
             version = next(iter(champion.values())).version
             watch = self.watches.get(family)
