@@ -6,7 +6,11 @@ judges the challenger since its rollout began, against the champion over the sam
 - its error ratio (`imgserve_version_requests_total`, outcome error / all);
 - its p99 latency (`imgserve_version_request_duration_ms`) against the champion's, times a
   ratio, or an absolute floor when both are fast (a ratio of two 2 ms figures is noise);
-- its shadow agreement with the champion (`imgserve_shadow_comparisons_total`).
+- its shadow agreement with the champion (`imgserve_shadow_comparisons_total`);
+- the model's shed ratio (`imgserve_requests_total`, outcome shed / all): a request is shed
+  at admission, before a version is chosen, so this one is the model's, not a version's; a
+  challenger slow enough to back the queue up shows here first. The Triton launcher sees no
+  sheds (tritonserver refuses a full queue itself), so there the check does not judge.
 
 A check judges only with at least `min_samples` observations behind it. Any check that
 breaks rolls back at once; once `window_s` has passed with at least one check judged and
@@ -54,6 +58,9 @@ class RolloutSettings(ProjectSettings):
     )
     rollout_p99_floor_ms: float = Field(
         default=25.0, ge=0, description="A challenger p99 below this never breaks the check."
+    )
+    rollout_max_shed_ratio: float = Field(
+        default=0.05, ge=0, le=1, description="Shed / requests the model may reach meanwhile."
     )
     rollout_min_agreement: float = Field(
         default=0.98, ge=0, le=1, description="Shadow top-1 agreement it must keep."
@@ -125,6 +132,8 @@ class Figures:
     challenger_p99_ms: float | None = None
     shadow_comparisons: int = 0
     shadow_agreement: float | None = None
+    model_requests: int = 0
+    model_sheds: int = 0
     checks: dict[str, str] = field(default_factory=dict)  # check -> "holds" | "breaks: ..."
 
 
@@ -151,6 +160,10 @@ def measure(
             agree += value
         else:
             disagree += value
+    for labels, value in _select(delta, "imgserve_requests_total", model=model):
+        figures.model_requests += int(value)
+        if labels.get("outcome") == "shed":
+            figures.model_sheds += int(value)
     figures.shadow_comparisons = int(agree + disagree)
     if figures.shadow_comparisons:
         figures.shadow_agreement = agree / (agree + disagree)
@@ -178,6 +191,13 @@ def judge(figures: Figures, settings: RolloutSettings) -> str | None:
                 if theirs > limit
                 else f"holds: {theirs:.1f} ms"
             )
+    if figures.model_requests >= enough:
+        shed = figures.model_sheds / figures.model_requests
+        figures.checks["shed_ratio"] = (
+            f"breaks: {shed:.3f} > {settings.rollout_max_shed_ratio:g}"
+            if shed > settings.rollout_max_shed_ratio
+            else f"holds: {shed:.3f}"
+        )
     if figures.shadow_comparisons >= enough and figures.shadow_agreement is not None:
         agreement = figures.shadow_agreement
         figures.checks["shadow_agreement"] = (

@@ -206,7 +206,7 @@ class Rollouts:
 
 def _kind(reason: str) -> str:
     """A closed-set label for a decision's reason."""
-    for check in ("error_ratio", "p99", "shadow_agreement"):
+    for check in ("error_ratio", "p99", "shed_ratio", "shadow_agreement"):
         if f"{check} breaks" in reason:
             return check
     if reason.startswith("held"):

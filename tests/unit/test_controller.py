@@ -14,6 +14,7 @@ def exposition(
     requests: dict[tuple[int, str], int],
     durations: dict[int, list[float]],
     shadow: tuple[int, int] = (0, 0),
+    outcomes: dict[str, int] | None = None,
 ) -> str:
     lines = [
         "# TYPE imgserve_version_requests counter",
@@ -38,6 +39,12 @@ def exposition(
     pair = 'model="digits",variant="fp32",champion="1",challenger="2"'
     lines.append(f'imgserve_shadow_comparisons_total{{{pair},agreement="agree"}} {shadow[0]}')
     lines.append(f'imgserve_shadow_comparisons_total{{{pair},agreement="disagree"}} {shadow[1]}')
+    lines.append("# TYPE imgserve_requests counter")
+    for outcome, count in (outcomes or {}).items():
+        lines.append(
+            f'imgserve_requests_total{{model="digits",variant="fp32",backend="onnxruntime",'
+            f'endpoint="classify",outcome="{outcome}",reason="{outcome}"}} {count}'
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -68,6 +75,11 @@ def test_each_broken_threshold_rolls_back_at_once() -> None:
     )
     assert judge(slow, SETTINGS) == "rollback"
     assert slow.checks["p99"].startswith("breaks")
+    shedding = figures(exposition({}, {}, outcomes={"ok": 900, "shed": 100}), 1)
+    assert judge(shedding, SETTINGS) == "rollback"
+    assert shedding.checks == {"shed_ratio": "breaks: 0.100 > 0.05"}
+    steady = figures(exposition({}, {}, outcomes={"ok": 990, "shed": 10}), 11)
+    assert judge(steady, SETTINGS) == "promote" and steady.checks == {"shed_ratio": "holds: 0.010"}
     disagree = figures(exposition({}, {}, shadow=(10, 90)), 1)
     assert judge(disagree, SETTINGS) == "rollback"
     assert disagree.checks == {"shadow_agreement": "breaks: 0.100 < 0.98"}
