@@ -436,6 +436,18 @@ def test_metrics_triton_and_latency_histograms(server: TritonProcess) -> None:
     assert "imgserve_triton_request_duration_ms" not in text
 
 
+def test_the_model_control_api_is_closed_to_clients(server: TritonProcess) -> None:
+    """Loading and unloading models is the launcher's (rollouts go through the repository it
+    follows): tritonserver's repository API refuses a client without the launcher's token."""
+    for action in ("unload", "load"):
+        answer = httpx.post(f"http://{server.http}/v2/repository/models/digits_fp32/{action}")
+        assert answer.status_code in (401, 403), (action, answer.status_code, answer.text)
+    with pytest.raises(InferenceServerException) as refused:
+        grpcclient.InferenceServerClient(server.grpc).unload_model("digits_fp32")
+    assert "This protocol is restricted" in (refused.value.message() or ""), refused.value
+    assert httpx.get(f"http://{server.http}/v2/models/digits_fp32/ready").status_code == 200
+
+
 def test_zz_shutdown_leaves_no_process_and_no_shared_memory(server: TritonProcess) -> None:
     stop(server)
     assert server.process.returncode == 0, server.log.read_text()[-3000:]
