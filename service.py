@@ -131,6 +131,14 @@ class ImageClassifier:
         if settings.rollout_controller and bentoml.server_context.worker_index in (None, 1):
             self.rollouts.run_controller()
 
+    @bentoml.on_shutdown
+    async def flush_the_prediction_log(self) -> None:
+        # After the drain: every admitted request is answered, so every record is queued.
+        self.rollouts.close()
+        log = self.gateway.predictions
+        if log is not None and not await anyio.to_thread.run_sync(log.close):
+            logger.error("prediction log: records still queued at exit were lost")
+
     async def __is_ready__(self) -> bool:
         # BentoML's own runner probe after this answers a bare 500 when a runner is gone.
         gateway = self.gateway

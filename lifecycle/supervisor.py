@@ -28,7 +28,7 @@ import anyio.to_thread
 from lifecycle import rollout as operations
 from lifecycle.controller import Decision, RolloutSettings, Samples, Watch, describe, parse
 from lifecycle.registry import Registry
-from runners.errors import ServingError
+from runners.errors import NotFound, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def _open(families: tuple[str, ...]) -> None:
     try:
         for family in families:
             registry.aliases(family)
+    except NotFound:  # served unregistered: nothing to roll out until it is registered
+        pass
     except ServingError as exc:  # the operations will say why they fail
         logging.getLogger(__name__).warning("the registry did not open: %s", exc.message)
 

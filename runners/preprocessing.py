@@ -15,6 +15,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -143,14 +144,30 @@ def decode_and_preprocess(
     return normalise(pixels[np.newaxis], spec)[0]
 
 
+@dataclass(frozen=True)
+class InputStats:
+    """What the prediction log keeps of an image: its size and format as sent, and the mean
+    and standard deviation of its pixels (0-255) as the model sees them, resized."""
+
+    width: int
+    height: int
+    format: str
+    pixel_mean: float
+    pixel_std: float
+
+
 def decode_and_preprocess_many(
-    images: Sequence[bytes], spec: PreprocessSpec, limits: ImageLimits | None = None
+    images: Sequence[bytes],
+    spec: PreprocessSpec,
+    limits: ImageLimits | None = None,
+    stats: list[InputStats] | None = None,
 ) -> tuple[np.ndarray, list[ServingError | None]]:
     """The images of one request -> (float32 batch of those that decoded, error per image).
 
     The batch holds the good images in input order; the list has None in their slots and the
     error in each bad image's slot. Each image is decoded and checked exactly as
     `decode_and_preprocess` does it; the float conversion is one pass over the whole batch.
+    Given `stats`, each good image's `InputStats` is appended to it, in batch order.
     """
     limits = limits or _DEFAULT_LIMITS
     failures: list[ServingError | None] = [None] * len(images)
@@ -158,10 +175,19 @@ def decode_and_preprocess_many(
     good = 0
     for i, data in enumerate(images):
         try:
-            pixels[good] = _pixels(_decode(data, limits, spec), spec)
+            image = _decode(data, limits, spec)
+            pixels[good] = _pixels(image, spec)
         except ServingError as exc:
             failures[i] = exc
         else:
+            if stats is not None:
+                sample = pixels[good]
+                stats.append(
+                    InputStats(
+                        image.width, image.height, image.format or _sniff(data) or "unknown",
+                        float(sample.mean()), float(sample.std()),
+                    )
+                )  # fmt: skip
             good += 1
     return normalise(pixels[:good], spec), failures
 
@@ -332,7 +358,7 @@ def _plain_png(data: bytes, limits: ImageLimits) -> Image.Image | None:
 
 
 def _sniff(data: bytes) -> str:
-    """The supported format the leading bytes claim, for error messages only."""
+    """The supported format the leading bytes claim (error messages, the log's statistics)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):

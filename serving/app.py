@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
+import uuid
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -59,6 +61,19 @@ VersionQuery = Annotated[
     ),
 ]
 QUERY_PARAMETERS = frozenset({"model", "variant", "top_k", "version"})
+
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _request_id(request: Request) -> str:
+    """The client's X-Request-ID when it is a plain token of at most 64 characters, else a
+    new one: the prediction log's key for the request, sent back in the same header."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -193,7 +208,9 @@ def create_app(settings: ServingSettings) -> FastAPI:
         duration_ms = (time.perf_counter() - start) * 1000
         gw.metrics.request_duration_ms.labels(**labels, endpoint=endpoint).observe(duration_ms)
         gw.metrics.versions.answered_by(labels, answered.version, "ok", duration_ms)
-        return json_response(body)
+        request_id = _request_id(request)
+        gw.log_answers(served, answered, images, request_id, duration_ms)
+        return json_response(body, headers={REQUEST_ID_HEADER: request_id})
 
     @app.post(
         "/v1/classify",

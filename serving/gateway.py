@@ -15,11 +15,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
 
+from monitoring.predictionlog import PredictionLog
+from monitoring.settings import PredictionLogSettings
 from runners.errors import NotFound, NotReady, Overloaded, ServingError
 from runners.repository import read_model
 from runners.tasks import AnswerOptions, Prepared
@@ -29,7 +31,7 @@ from serving.admission import MEAN_SHARE, LatencyBound
 from serving.catalog import Catalog, Served
 from serving.coalescer import Coalescer
 from serving.drain import EntryDrain
-from serving.metrics import INITIAL_OUTCOMES, metrics
+from serving.metrics import INITIAL_OUTCOMES, count_prediction_log, metrics
 from serving.settings import ServingSettings
 
 logger = logging.getLogger("serving")
@@ -70,6 +72,12 @@ class Gateway:
         # Each request has its deadline; the second covers writing the last answers.
         self.drain = EntryDrain(
             settings.drain_delay_s, settings.request_timeout_s + 1.0, lambda: self._in_flight
+        )
+        log_settings = PredictionLogSettings()
+        self.predictions = (
+            PredictionLog(log_settings, count_prediction_log)
+            if log_settings.prediction_log
+            else None
         )
         self.coalescers: dict[str, Coalescer] = {}
         for served in catalog:
@@ -220,7 +228,7 @@ class Gateway:
         prepared = await self.prepare(served, images)
         slots: list[Any | ServingError] = [e for e in prepared.failures]
         if not prepared.count:
-            return Answered(slots, version or served.entry.version)
+            return Answered(slots, version or served.entry.version, prepared.metas)
         inputs = {
             **prepared.inputs,
             **route_columns(prepared.count, version, random.random()),
@@ -240,15 +248,33 @@ class Gateway:
             if failure is None:
                 slots[i] = next(found)
         served.task.observe(self.metrics, served.labels, answers)
-        return Answered(slots, answered)
+        return Answered(slots, answered, prepared.metas)
+
+    def log_answers(
+        self,
+        served: Served,
+        answered: Answered,
+        images: list[bytes],
+        request_id: str,
+        latency_ms: float,
+    ) -> None:
+        """Hand a request's answers to the prediction log (a queue: this never waits)."""
+        if self.predictions is not None:
+            self.predictions.answered(
+                task=served.task, labels=served.labels, version=answered.version,
+                request_id=request_id, latency_ms=latency_ms, results=answered.slots,
+                stats=answered.metas, images=images,
+            )  # fmt: skip
 
 
 @dataclass
 class Answered:
-    """A request's answers (or per-image errors), and the version that produced them."""
+    """A request's answers (or per-image errors), the version that produced them, and what
+    the task kept of each decoded image (`Prepared.metas`)."""
 
     slots: list[Any | ServingError]
     version: int
+    metas: list[Any] = field(default_factory=list)
 
 
 class VersionFailed(RunnerFailed):

@@ -38,6 +38,7 @@ class Metrics:
     in_flight: Any
     admission_limit: Any
     versions: VersionMetrics
+    prediction_log: Any
 
     def outcome(self, labels: dict[str, str], endpoint: str, error: ServingError | None) -> None:
         """Count one finished request (or one failed image of a batch request)."""
@@ -130,6 +131,12 @@ def metrics() -> Metrics:
             multiprocess_mode="livesum",
         ),
         versions=VersionMetrics(),
+        prediction_log=Counter(
+            "imgserve_prediction_log_records",
+            "Prediction log records: written, dropped (its queue was full) or failed (the "
+            "database refused them).",
+            ("outcome",),
+        ),
     )
 
 
@@ -157,3 +164,7 @@ def metrics_text() -> str:
 
 def count_rollout_decision(model: str, decision: str, reason: str) -> None:
     metrics().versions.decided(model, decision, reason)
+
+
+def count_prediction_log(outcome: str, count: int) -> None:
+    metrics().prediction_log.labels(outcome=outcome).inc(count)

@@ -88,6 +88,11 @@ class Task(ABC):
         are (float, 0 = the same): what a shadow rollout judges a challenger by."""
 
     @abstractmethod
+    def log_fields(self, answer: Any) -> dict[str, Any]:
+        """What the prediction log keeps of one answer: columns of `monitoring.schema`
+        (label, score, labels, scores)."""
+
+    @abstractmethod
     def observe(self, metrics: Any, labels: Mapping[str, str], answers: Sequence[Any]) -> None:
         """Record the task's own metrics for the answers of one request (closed label sets)."""
 

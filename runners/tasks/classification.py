@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 
 from runners.errors import RepositoryError
-from runners.preprocessing import ImageLimits, decode_and_preprocess_many
+from runners.preprocessing import ImageLimits, InputStats, decode_and_preprocess_many
 from runners.tasks.base import AnswerOptions, Prepared, Task
 from runners.tensors import Tensors
 
@@ -79,12 +79,9 @@ class Classification(Task):
             )
 
     def prepare(self, entry: ModelEntry, images: Sequence[bytes], limits: ImageLimits) -> Prepared:
-        batch, failures = decode_and_preprocess_many(images, entry.preprocess, limits)
-        return Prepared(
-            inputs={entry.inputs[0].name: batch},
-            metas=[None] * len(batch),
-            failures=failures,
-        )
+        stats: list[InputStats] = []
+        batch, failures = decode_and_preprocess_many(images, entry.preprocess, limits, stats)
+        return Prepared(inputs={entry.inputs[0].name: batch}, metas=stats, failures=failures)
 
     def scores(self, entry: ModelEntry, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Class probabilities, one row per image."""
@@ -114,6 +111,15 @@ class Classification(Task):
             counts[answer[0]["label"]] = counts.get(answer[0]["label"], 0) + 1
         for label, count in counts.items():
             metrics.predictions.labels(**labels, label=label).inc(count)
+
+    def log_fields(self, answer: list[Prediction]) -> dict[str, Any]:
+        """The top-1 label and score, and the top k of each."""
+        return {
+            "label": answer[0]["label"],
+            "score": answer[0]["score"],
+            "labels": [p["label"] for p in answer],
+            "scores": [p["score"] for p in answer],
+        }
 
     def triton_outputs(self, entry: ModelEntry) -> list[tuple[str, type, tuple[int, ...]]]:
         """The Triton model's outputs: name, dtype, dims without the batch axis."""

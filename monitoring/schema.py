@@ -1,0 +1,39 @@
+"""The prediction log's tables (SQLAlchemy Core), created when missing.
+
+One row per answered image. Labels and scores of the top k are JSON lists; the top-1 pair is
+also a column of its own, for the queries drift and review make. `image` is the kept image's
+file name under the images folder, or NULL when it was not kept.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),  # seconds since the epoch, UTC
+    Column("request_id", String(64), nullable=False),
+    Column("image_index", Integer, nullable=False),  # its place in a batch request
+    Column("model", String(64), nullable=False),
+    Column("variant", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("backend", String(32), nullable=False),
+    Column("outcome", String(32), nullable=False),  # ok, or the error's reason
+    Column("label", String(128)),
+    Column("score", Float),
+    Column("labels", JSON),
+    Column("scores", JSON),
+    Column("latency_ms", Float, nullable=False),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("format", String(16)),
+    Column("pixel_mean", Float),
+    Column("pixel_std", Float),
+    Column("image", Text),
+    Index("ix_predictions_model_at", "model", "at"),
+    Index("ix_predictions_at", "at"),
+)

@@ -1,0 +1,162 @@
+"""The prediction log: every answer recorded with its request id, version, top k, latency and
+input statistics; kept images; SIGTERM writes what is queued; a full queue drops and counts,
+never blocks; retention. The real BentoML service on the embedded SQLite store and on a real
+PostgreSQL server; the writer itself in process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, select
+
+from monitoring.predictionlog import ImageStore, PredictionLog
+from monitoring.schema import predictions
+from monitoring.settings import PredictionLogSettings
+from offline.data import load_heldout
+from offline.digits import encode_png
+from tests.integration.conftest import REPO_ROOT, start_server, stop_server
+from tests.integration.postgres import postgres_server
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+def rows(url: str) -> list[dict[str, Any]]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(select(predictions).order_by(predictions.c.id))
+            return [dict(row._mapping) for row in found]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_every_answer_is_logged_and_sigterm_writes_what_is_queued(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    data = tmp_path / "data"
+    settings = PredictionLogSettings(data_dir=data)
+    url = settings.url if store == "sqlite" else request.getfixturevalue("postgres")
+    home = tmp_path / "bentoml"
+    home.mkdir()
+    env = {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "IMGSERVE_DATA_DIR": str(data),
+        "IMGSERVE_PREDICTION_LOG_URL": url,
+        # Nothing is written before SIGTERM: the records wait for their batch.
+        "IMGSERVE_PREDICTION_LOG_FLUSH_S": "600",
+        "IMGSERVE_IMAGE_SAMPLE_SHARE": "1",  # every image kept
+    }
+    images, labels = load_heldout()
+    pngs = [encode_png(image) for image in images[:40]]
+    server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
+    answers: dict[str, Any] = {}
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for i, png in enumerate(pngs[:30]):
+                sent = {"X-Request-ID": f"single-{i}"} if i % 2 else {}
+                answer = client.post(
+                    "/v1/classify", content=png, headers={"Content-Type": "image/png", **sent}
+                )
+                assert answer.status_code == 200, answer.text
+                request_id = answer.headers["X-Request-ID"]
+                assert request_id == sent.get("X-Request-ID", request_id)
+                answers[request_id] = answer.json()
+            files = [("images", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs[30:])]
+            files.append(("images", ("bad.png", b"not an image", "image/png")))
+            batch = client.post("/v1/classify/batch", files=files)
+            assert batch.status_code == 200, batch.text
+            batch_id = batch.headers["X-Request-ID"]
+        assert rows(url) == [], "records wait for their batch until SIGTERM"
+    finally:
+        stop_server(server)
+    logged = rows(url)
+    assert len(logged) == 30 + 10 + 1
+    singles = [row for row in logged if row["request_id"] != batch_id]
+    assert {row["request_id"] for row in singles} == set(answers)
+    for row in singles:
+        answer = answers[row["request_id"]]
+        assert row["label"] == answer["predictions"][0]["label"]
+        assert row["score"] == pytest.approx(answer["predictions"][0]["score"])
+        assert row["labels"] == [p["label"] for p in answer["predictions"]]
+        assert (row["model"], row["variant"], row["version"]) == ("digits", "fp32", 1)
+        assert row["backend"] == answer["backend"] and row["outcome"] == "ok"
+        assert (row["width"], row["height"], row["format"]) == (28, 28, "PNG")
+        assert 0 < row["pixel_mean"] < 255 and row["pixel_std"] > 0
+        assert row["latency_ms"] > 0
+        assert (data / "monitoring" / "images" / row["image"]).read_bytes() in pngs
+    in_batch = sorted(
+        (row for row in logged if row["request_id"] == batch_id), key=lambda r: r["image_index"]
+    )
+    assert [row["outcome"] for row in in_batch] == ["ok"] * 10 + ["undecodable"]
+    assert [row["label"] for row in in_batch[:10]] == [str(label) for label in labels[30:40]]
+
+
+def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
+    settings = PredictionLogSettings(
+        data_dir=tmp_path, prediction_log_queue=10, prediction_log_batch=1
+    )
+    counted: dict[str, int] = {}
+
+    def count(outcome: str, n: int) -> None:
+        counted[outcome] = counted.get(outcome, 0) + n
+
+    log = PredictionLog(settings, count)
+    held = threading.Event()
+    real = log._insert
+
+    def stuck(batch: list[Any]) -> None:  # the fault: a database that hangs
+        held.wait(30)
+        real(batch)
+
+    row = {"at": time.time(), "request_id": "r", "image_index": 0, "model": "digits",
+           "variant": "fp32", "version": 1, "backend": "onnxruntime", "outcome": "ok",
+           "latency_ms": 1.0}  # fmt: skip
+    with mock.patch.object(log, "_insert", stuck):
+        started = time.perf_counter()
+        for i in range(1000):
+            log.record({**row, "image_index": i})
+        took = time.perf_counter() - started
+        held.set()
+        assert log.close(30)
+    assert took < 0.5, f"1000 records took {took:.2f} s to hand over"
+    written = counted.get("written", 0)
+    assert counted["dropped"] == 1000 - written and 1 <= written <= 11, counted
+    assert len(rows(settings.url)) == written
+
+
+def test_old_records_and_images_are_deleted(tmp_path: Path) -> None:
+    settings = PredictionLogSettings(data_dir=tmp_path, prediction_log_retention_days=1)
+    log = PredictionLog(settings)
+    now = time.time()
+    for i, at in enumerate((now - 3 * 86400, now)):
+        log.record(
+            {"at": at, "request_id": f"r{i}", "image_index": 0, "model": "digits",
+             "variant": "fp32", "version": 1, "backend": "onnxruntime", "outcome": "ok",
+             "latency_ms": 1.0},
+        )  # fmt: skip
+    assert log.close(30)
+    assert [row["request_id"] for row in rows(settings.url)] == ["r1"]
+
+
+def test_kept_images_stay_within_their_byte_budget(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "images", budget_bytes=1000)
+    for i in range(5):
+        assert store.keep(f"{i}.img", bytes(400))
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["3.img", "4.img"]
+    assert store.used == 800
+    assert not store.keep("big.img", bytes(1001))
+    again = ImageStore(tmp_path / "images", budget_bytes=1000)  # a restart counts what is there
+    assert again.used == 800
