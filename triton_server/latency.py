@@ -18,14 +18,21 @@ right. So the launcher traces nothing, and the figures come from two places:
     imgserve_triton_batch_rows    rows per batch run by the backend
 
 labelled by model (family), variant and backend, all from closed sets; and the per-version
-series of a rollout (`lifecycle.metrics`), which the rollout controller reads.
+series of a rollout (`lifecycle.metrics`), which the rollout controller reads, and the
+prediction log's record counter.
 """
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 
 from lifecycle.metrics import VersionMetrics
 
@@ -60,6 +67,16 @@ class LatencyMetrics:
             registry=self.registry,
         )
         self.versions = VersionMetrics(self.registry)
+        self.prediction_log = Counter(
+            "imgserve_prediction_log_records",
+            "Prediction log records: written, dropped (its queue was full) or failed (the "
+            "database refused them).",
+            ("outcome",),
+            registry=self.registry,
+        )
+
+    def count_prediction_log(self, outcome: str, count: int) -> None:
+        self.prediction_log.labels(outcome=outcome).inc(count)
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()

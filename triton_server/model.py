@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,11 +27,12 @@ import numpy as np
 from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
 
 from lifecycle.metrics import VersionMetrics
+from monitoring.predictionlog import PredictionLog
 from runners.errors import InvalidTensor, NotFound, ServingError
 from runners.preprocessing import ImageLimits
 from runners.repository import ModelEntry
-from runners.tasks import get_task
-from runners.tensors import Tensors, batch_size, concat
+from runners.tasks import AnswerOptions, get_task
+from runners.tensors import Tensors, batch_size, concat, take_rows
 from runners.versions import NOT_LOADED, VersionSet, route_columns
 from triton_server.errors import error_output
 
@@ -38,6 +41,7 @@ logger = logging.getLogger("triton_server")
 IMAGE_INPUT = "image"
 VERSION_OUTPUT = "model_version"  # INT64 [-1, 1]: the version that answered each row
 VERSION_PARAMETER = "version"  # request parameter: pin a loaded version
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 # (rows in the batch, seconds the batch took here, decoding included) -> None; the metrics hook.
 BatchObserver = Callable[[int, float], None]
@@ -105,6 +109,18 @@ def requested_version(request: Any) -> int | None:
     return value
 
 
+Seen = tuple[Any, list[Any], list[bytes]]  # a request, its images' metas, its images
+OPTIONS = AnswerOptions()  # what the prediction log keeps: the default top k
+
+
+def request_id(request: Any) -> str:
+    """The request's `request_id` parameter when it is a plain token, else a new one."""
+    given = (getattr(request, "parameters", None) or {}).get("request_id")
+    if isinstance(given, str) and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
 class Replica:
     """The inference callable of one Triton model instance.
 
@@ -121,24 +137,29 @@ class Replica:
         limits: ImageLimits,
         metrics: VersionMetrics,
         on_batch: BatchObserver | None = None,
+        predictions: PredictionLog | None = None,
     ) -> None:
         self.versions = versions
         self.limits = limits
         self.metrics = metrics
         self.on_batch = on_batch
+        self.predictions = predictions
         entry = versions.entry
         self.labels = {"model": entry.family, "variant": entry.variant}
+        champion = versions.state.models[versions.state.champion]
+        self.log_labels = {**self.labels, "backend": champion.backend.name}
         self._names = [t.name for t in entry.inputs]
 
     def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
         started = time.perf_counter()
         slots: list[tuple[int, int, int | None] | ServingError] = []
         parts: list[Tensors] = []
+        seen: list[Seen] = []  # per admitted request, for the prediction log
         rows = 0
         entry = self.versions.entry
         for request in requests:
             try:
-                part = self._tensors(request)
+                part, stats, images = self._tensors(request)
                 count = batch_size(part)
                 asked = requested_version(request)
                 part.update(route_columns(count, asked, random.random()))
@@ -149,6 +170,7 @@ class Replica:
                 continue
             slots.append((rows, rows + count, asked))
             parts.append(part)
+            seen.append((request, stats, images))
             rows += count
         if not parts:
             return [error_output(slot) for slot in slots if isinstance(slot, ServingError)]
@@ -169,6 +191,9 @@ class Replica:
             return [error_output(failed) for _ in slots]
         for champion, challenger, agree, difference in routed.shadows:
             self.metrics.shadow(self.labels, champion, challenger, agree, difference)
+        if self.predictions is not None:
+            admitted = [slot for slot in slots if not isinstance(slot, ServingError)]
+            self._log(routed.outputs, routed.versions, admitted, seen, seconds * 1000)
         return [
             error_output(slot)
             if isinstance(slot, ServingError)
@@ -205,7 +230,32 @@ class Replica:
             VERSION_OUTPUT: np.full((end - start, 1), version, np.int64),
         }
 
-    def _tensors(self, request: Any) -> Tensors:
+    def _log(
+        self,
+        outputs: Tensors,
+        versions: np.ndarray,
+        slots: list[tuple[int, int, int | None]],
+        seen: list[Seen],
+        ms: float,
+    ) -> None:
+        """Hand each answered request with images to the prediction log (a queue)."""
+        assert self.predictions is not None
+        entry = self.versions.entry
+        task = get_task(entry.task)
+        for (start, end, _), (request, stats, images) in zip(slots, seen, strict=True):
+            version = int(versions[start])
+            if version <= 0 or not images:
+                continue
+            answers = task.postprocess(entry, take_rows(outputs, start, end), stats, OPTIONS)
+            self.predictions.answered(
+                task=task, labels=self.log_labels, version=version,
+                request_id=request_id(request), latency_ms=ms, results=answers,
+                stats=stats, images=images,
+            )  # fmt: skip
+
+    def _tensors(self, request: Any) -> tuple[Tensors, list[Any], list[bytes]]:
+        """The request's model inputs, and for images what the task kept of each and the
+        images themselves (empty when it sent tensors)."""
         data = request.data
         entry = self.versions.entry
         given = [name for name in self._names if name in data]
@@ -220,13 +270,14 @@ class Replica:
         if given:
             # Triton has already checked the dtype and the shape against the model config.
             inputs = {t.name: t for t in entry.inputs}
-            return {
+            tensors = {
                 name: np.ascontiguousarray(data[name], dtype=inputs[name].numpy_dtype)
                 for name in given
             }
+            return tensors, [], []
         images = [bytes(encoded) for encoded in data[IMAGE_INPUT].reshape(-1)]
         prepared = get_task(entry.task).prepare(entry, images, self.limits)
         for row, failure in enumerate(prepared.failures):
             if failure is not None:
                 raise type(failure)(f"image row {row}: {failure.message}") from failure
-        return prepared.inputs
+        return prepared.inputs, prepared.metas, images

@@ -27,6 +27,8 @@ from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
 from lifecycle import consistency
 from lifecycle.supervisor import Rollouts
+from monitoring.predictionlog import PredictionLog
+from monitoring.settings import PredictionLogSettings
 from runners.errors import RepositoryError
 from runners.model import LoadedModel
 from runners.modelfile import check_model_file
@@ -138,6 +140,12 @@ class TritonFrontEnd:
         self._serving = False
         self._gate: readiness.LoadingGate | None = None
         self.rollouts: Rollouts | None = None
+        log_settings = PredictionLogSettings()
+        self.predictions = (
+            PredictionLog(log_settings, self.metrics.count_prediction_log)
+            if log_settings.prediction_log
+            else None
+        )
 
     @property
     def http_url(self) -> str:
@@ -302,7 +310,11 @@ class TritonFrontEnd:
 
         replicas = [
             triton_model.Replica(
-                versions, self.settings.image_limits, self.metrics.versions, on_batch
+                versions,
+                self.settings.image_limits,
+                self.metrics.versions,
+                on_batch,
+                self.predictions,
             )
             for _ in range(entry.instances)
         ]
@@ -403,6 +415,11 @@ class TritonFrontEnd:
                     logger.warning("removing shared memory the server left: %s", path)
                     with contextlib.suppress(OSError):
                         os.unlink(path)
+        if self.rollouts is not None:
+            self.rollouts.close()
+        # After the drain (or at once): every answered request's records are queued.
+        if self.predictions is not None and not self.predictions.close():
+            logger.error("prediction log: records still queued at exit were lost")
         if endpoint is not None:
             endpoint.stop()
 

@@ -25,7 +25,9 @@ from lifecycle.controller import parse
 from lifecycle.promote import adopt
 from lifecycle.registry import CHALLENGER, CHAMPION, Registry
 from lifecycle.settings import RegistrySettings
+from monitoring.settings import PredictionLogSettings
 from runners.repository import Repository
+from tests.integration.test_prediction_log import rows
 from tests.integration.test_registry import FAMILY, copy_committed
 from tests.integration.test_rollout import build_version, damaged, digits, same_network, wait_for
 from tests.integration.test_triton import TritonProcess, image_input, launch, stop
@@ -161,7 +163,9 @@ def test_triton_rollout_under_load_promotes_a_good_version_and_rolls_back_a_dama
         wait_for(lambda: loaded(3), 20, "version 3 loaded beside 2")
         answer = grpc.infer(MODEL, image_input(grpcclient, [png]), parameters={"version": 3})
         assert int(answer.as_numpy("model_version")[0, 0]) == 3
-        default = http.infer(MODEL, image_input(httpclient, [png]))
+        default = http.infer(
+            MODEL, image_input(httpclient, [png]), parameters={"request_id": "triton-default"}
+        )
         assert np.all(default.as_numpy("model_version") == 2)
         with pytest.raises(InferenceServerException) as missing:
             http.infer(MODEL, image_input(httpclient, [png]), parameters={"version": 7})
@@ -174,3 +178,10 @@ def test_triton_rollout_under_load_promotes_a_good_version_and_rolls_back_a_dama
         rollout.abort(registry, root, FAMILY, "test")
     finally:
         stop(server)
+    # Every answer is in the prediction log (SIGTERM wrote what was queued), with its version.
+    logged = rows(PredictionLogSettings(data_dir=data).url)
+    assert len(logged) >= len(load.answers)
+    assert {row["version"] for row in logged if row["model"] == FAMILY} == {1, 2, 3}
+    (mine,) = [row for row in logged if row["request_id"] == "triton-default"]
+    assert (mine["version"], mine["variant"], mine["format"]) == (2, "fp32", "PNG")
+    assert mine["label"] == expected[0] and mine["outcome"] == "ok"
