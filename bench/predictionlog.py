@@ -1,0 +1,123 @@
+"""What the prediction log costs: the single-image load with logging on and off, in one run.
+
+    python -m bench.predictionlog [--rounds 5] [--seconds 6] [--clients 16]
+
+Two BentoML services on the committed digits repository, each with its own data directory:
+one with the prediction log on (the embedded SQLite store), one with it off. Each round runs
+the same closed-loop single-image load against one, then the other, back to back (this
+machine is shared and noisy, so the ratio within a round is the figure; the median of the
+rounds is reported). Targets: throughput with logging >= 0.95 of without, and no record
+dropped (`imgserve_prediction_log_records_total{outcome="dropped"}`), every answer 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench import servers
+from bench.loadgen import Run, closed_loop, request_bytes
+from lifecycle.controller import parse
+from offline.card import describe_machine
+from offline.data import load_heldout
+from offline.digits import encode_png
+
+log = logging.getLogger("bench.predictionlog")
+
+
+def _figures(run: Run) -> tuple[float, float, int]:
+    latencies = [a.latency_s for a in run.answers if a.status == 200]
+    bad = sum(1 for a in run.answers if a.status != 200)
+    p99 = float(np.percentile(latencies, 99)) * 1000 if latencies else float("nan")
+    return len(latencies) / run.seconds, p99, bad
+
+
+def _records(server: servers.Server) -> dict[str, float]:
+    samples = parse(httpx.get(f"{server.url}/metrics", timeout=10).text)
+    return {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in samples.items()
+        if name == "imgserve_prediction_log_records_total"
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.predictionlog", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--clients", type=int, default=16)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log.info("%s", describe_machine())
+    with tempfile.TemporaryDirectory(prefix="bench-predictionlog-") as tmp:
+        started: dict[str, servers.Server] = {}
+        try:
+            for name, on in (("on", "true"), ("off", "false")):
+                home = Path(tmp) / name / "bentoml"  # its own metrics files, too
+                home.mkdir(parents=True)
+                env = {
+                    "BENTOML_HOME": str(home),
+                    "IMGSERVE_DATA_DIR": str(Path(tmp) / name),
+                    "IMGSERVE_PREDICTION_LOG": on,
+                    "IMGSERVE_REPOSITORY": str(servers.REPO_ROOT / "model_repository"),
+                }
+                started[name] = servers.bentoml(
+                    "service:ImageClassifier", Path(tmp) / f"{name}.log", env, name=name
+                )
+            return _measure(started["on"], started["off"], args)
+        finally:
+            for server in started.values():
+                servers.stop(server)
+
+
+def _measure(on: servers.Server, off: servers.Server, args: argparse.Namespace) -> int:
+    images, _ = load_heldout()
+    pngs = [encode_png(image) for image in images[:256]]
+
+    def load(server: servers.Server, seconds: float) -> tuple[float, float, int]:
+        host, port = server.url.removeprefix("http://").split(":")
+        requests = [
+            request_bytes("/v1/classify", f"{host}:{port}", "image/png", png) for png in pngs
+        ]
+        return _figures(closed_loop(host, int(port), requests, args.clients, seconds))
+
+    for server in (on, off):
+        load(server, 2.0)  # warm
+    ratios, p99s, failed = [], [], 0
+    for round_ in range(1, args.rounds + 1):
+        # Alternate which goes first, so neither always follows the other.
+        first, second = (off, on) if round_ % 2 else (on, off)
+        figures = {first.name: load(first, args.seconds), second.name: load(second, args.seconds)}
+        ratio = figures["on"][0] / figures["off"][0]
+        ratios.append(ratio)
+        p99s.append(figures["on"][1] / figures["off"][1])
+        failed += figures["on"][2] + figures["off"][2]
+        log.info(
+            "round %d: logging off %7.1f req/s p99 %6.1f ms | on %7.1f req/s p99 %6.1f ms | "
+            "on/off %.3f",
+            round_, figures["off"][0], figures["off"][1], figures["on"][0], figures["on"][1],
+            ratio,
+        )  # fmt: skip
+    records = _records(on)
+    dropped = int(records.get("dropped", 0))
+    throughput = statistics.median(ratios)
+    log.info(
+        f"median of {len(ratios)} rounds: throughput with logging / without {throughput:.3f} "
+        f"(target >= 0.95: {'met' if throughput >= 0.95 else 'NOT MET'}), p99 "
+        f"{statistics.median(p99s):.2f}x; records written {int(records.get('written', 0))}, "
+        f"dropped {dropped} ({'met' if dropped == 0 else 'NOT MET'}), failed "
+        f"{int(records.get('failed', 0))}; answers not 200: {failed}"
+    )
+    return 0 if throughput >= 0.95 and dropped == 0 and failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
