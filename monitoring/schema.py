@@ -2,12 +2,25 @@
 
 One row per answered image. Labels and scores of the top k are JSON lists; the top-1 pair is
 also a column of its own, for the queries drift and review make. `image` is the kept image's
-file name under the images folder, or NULL when it was not kept.
+file name under the images folder, or NULL when it was not kept. `review_labels` holds a
+person's decision on a queued prediction: its label, or a discard.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
@@ -36,4 +49,15 @@ predictions = Table(
     Column("image", Text),
     Index("ix_predictions_model_at", "model", "at"),
     Index("ix_predictions_at", "at"),
+)
+
+# A person's decision on a prediction of the review queue (monitoring.review).
+review_labels = Table(
+    "review_labels",
+    metadata,
+    Column("prediction_id", Integer, ForeignKey("predictions.id"), primary_key=True),
+    Column("label", String(128)),  # NULL when discarded
+    Column("discarded", Boolean, nullable=False),
+    Column("by", String(128), nullable=False),
+    Column("at", Float, nullable=False),
 )

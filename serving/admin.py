@@ -1,4 +1,5 @@
-"""State-changing endpoints (rollout, shares, promote, rollback) behind the admin credential.
+"""Admin endpoints behind the admin credential: rollout, shares, promote, rollback, and the
+review queue (its items and images are users' traffic, so reading them needs it too).
 
 The credential is a bearer token from `IMGSERVE_ADMIN_TOKEN` or the file
 `IMGSERVE_ADMIN_TOKEN_FILE` (a mounted secret), compared in constant time: no header is a
@@ -11,16 +12,20 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
 from lifecycle.supervisor import Rollouts
-from runners.errors import Forbidden, NotFound, Unauthorized
-from serving.openapi import admin_responses
+from monitoring.review import MEDIA_TYPES, ReviewQueue
+from runners.errors import BadInput, Forbidden, NotFound, Unauthorized
+from serving.openapi import ADMIN_ERRORS, admin_responses
 from serving.settings import ServingSettings
 
 _MODEL = "Model family; default: the first served."
+IMAGE_TYPES = sorted(set(MEDIA_TYPES.values()) | {"application/octet-stream"})
 ModelQuery = Annotated[str | None, Query(min_length=1, max_length=64, description=_MODEL)]
 
 
@@ -53,6 +58,16 @@ class DecisionRequest(BaseModel):
         default=None, min_length=1, max_length=64, description=_MODEL, examples=["digits"]
     )
     reason: str = Field(default="manual", max_length=500)
+
+
+class ReviewDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    label: str | None = Field(
+        default=None, min_length=1, max_length=128, description="The true label.", examples=["7"]
+    )
+    discard: bool = Field(default=False, description="Not an image of any label: drop it.")
+    by: str = Field(default="admin", min_length=1, max_length=128, description="Who decided.")
 
 
 def admin_token(settings: ServingSettings) -> str | None:
@@ -143,5 +158,70 @@ def admin_router(settings: ServingSettings) -> APIRouter:
     async def rollback(request: Request, body: DecisionRequest) -> dict[str, Any]:
         found, model = rollouts(request, body.model)
         return await found.rollback(model, body.reason, {})
+
+    def review(request: Request) -> ReviewQueue:
+        found: ReviewQueue | None = getattr(request.app.state, "review", None)
+        if found is None:
+            found = request.app.state.review = ReviewQueue()
+        return found
+
+    def labels_of(request: Request, model: str) -> tuple[str, ...]:
+        gateway = getattr(request.app.state, "gateway", None)
+        if gateway is None:
+            raise NotFound("the service is not initialised")
+        return tuple(gateway.catalog.resolve(model, None).entry.labels)
+
+    @router.get(
+        "/review",
+        dependencies=admin,
+        summary="The review queue: uncertain predictions waiting for a person's label",
+        responses={k: v for k, v in admin_responses("Waiting items, oldest first.").items()
+                   if k in (200, 400, 401, 403, 404)},
+    )  # fmt: skip
+    async def queued(
+        request: Request,
+        model: ModelQuery = None,
+        limit: Annotated[int, Query(ge=1, le=500, description="Items at most.")] = 50,
+    ) -> dict[str, Any]:
+        queue = review(request)
+        return await anyio.to_thread.run_sync(queue.pending, model, limit)
+
+    @router.get(
+        "/review/{prediction_id}/image",
+        dependencies=admin,
+        summary="A queued prediction's image, as it was sent",
+        response_class=Response,
+        responses={
+            200: {"description": "The image.", "content": {t: {} for t in IMAGE_TYPES}},
+            **{k: v for k, v in ADMIN_ERRORS.items() if k in (400, 401, 403, 404)},
+        },
+    )
+    async def image(
+        request: Request, prediction_id: Annotated[int, Path(ge=1, le=2**62)]
+    ) -> Response:
+        data, media_type = await anyio.to_thread.run_sync(review(request).image, prediction_id)
+        return Response(data, media_type=media_type)
+
+    @router.post(
+        "/review/{prediction_id}",
+        dependencies=admin,
+        summary="Label or discard a queued prediction",
+        responses=admin_responses("The decision, with the model's guess."),
+    )
+    async def decide(
+        request: Request,
+        prediction_id: Annotated[int, Path(ge=1, le=2**62)],
+        body: ReviewDecision,
+    ) -> dict[str, Any]:
+        if (body.label is None) == (not body.discard):
+            raise BadInput("send a label, or discard: true (one of the two)")
+        queue = review(request)
+        model = await anyio.to_thread.run_sync(queue.model_of, prediction_id)
+        labels = labels_of(request, model)
+
+        def run() -> dict[str, Any]:
+            return queue.decide(prediction_id, body.label, body.by, labels)
+
+        return await anyio.to_thread.run_sync(run)
 
     return router
