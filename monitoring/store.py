@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
+import os
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -147,11 +147,11 @@ class Store:
 def serve(settings: PredictionLogSettings, connection: Connection) -> None:
     """The writer process: write each batch that arrives, answer its counts, until None.
 
-    It ignores SIGTERM and SIGINT: a signal to the whole process group reaches it too, and the
-    serving process, which drains first, still sends what is queued. It ends on None or when
-    the serving process is gone (its end of the pipe closes)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    It leaves the serving process's group first (a session of its own): a SIGTERM to the whole
+    group must not end it before the serving process, which drains first, has sent what is
+    queued. It ends on None, when the serving process is gone (its end of the pipe closes), or
+    on a signal of its own (multiprocessing's exit handler terminates it)."""
+    os.setsid()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     store = Store(settings)
     connection.send("ready")

@@ -140,12 +140,7 @@ class TritonFrontEnd:
         self._serving = False
         self._gate: readiness.LoadingGate | None = None
         self.rollouts: Rollouts | None = None
-        log_settings = PredictionLogSettings()
-        self.predictions = (
-            PredictionLog(log_settings, self.metrics.count_prediction_log)
-            if log_settings.prediction_log
-            else None
-        )
+        self.predictions: PredictionLog | None = None
 
     @property
     def http_url(self) -> str:
@@ -225,6 +220,9 @@ class TritonFrontEnd:
                 self.http_url,
                 readiness.LOADING,
             )
+            log_settings = PredictionLogSettings()
+            if log_settings.prediction_log:
+                self.predictions = PredictionLog(log_settings, self.metrics.count_prediction_log)
             for entry in self.entries:
                 versions = VersionSet(entry, self._load)
                 self.versions[entry.name] = versions
@@ -395,8 +393,11 @@ class TritonFrontEnd:
     def stop(self) -> None:
         """Stop Triton at once (after a drain nothing is in flight; without one, tritonserver
         gives its HTTP clients EXIT_LINGER_S), then the metrics."""
+        started = self._serving
         self._serving = False
         if self._gate is not None:
+            if not started:
+                self._stay_not_ready()
             self._gate.let_go()  # a gate still loading would hold tritonserver's exit
         with self._lock:
             triton, self._triton = self._triton, None
@@ -422,6 +423,18 @@ class TritonFrontEnd:
             logger.error("prediction log: records still queued at exit were lost")
         if endpoint is not None:
             endpoint.stop()
+
+    def _stay_not_ready(self) -> None:
+        """A start that failed: the shutdown gate holds readiness false before the loading
+        gate is let go (whose load would otherwise end, and the server answer ready, with
+        no model, until it stops)."""
+        triton = self._triton
+        if triton is None or not triton.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            store, headers = pytriton_compat.repository_access(triton)
+            repository = readiness.TritonRepository(self.http_url, headers)
+            readiness.close_gate(repository, store, readiness.SHUTTING_DOWN)
 
     def __enter__(self) -> TritonFrontEnd:
         return self.start()
