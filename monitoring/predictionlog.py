@@ -172,10 +172,12 @@ class PredictionLog:
                     self._deliver(self._take())
                 if stop:
                     self._pipe.send(None)
-                    while self._writer.is_alive() or self._pipe.poll():
-                        if not self._answers(timeout_s=0.1):
-                            break
+                    while self._writer.is_alive():  # it answers each batch, then exits
+                        self._answers(timeout_s=0.1)
+                    self._answers(timeout_s=0)
                     return
+                if not self._writer.is_alive():
+                    raise EOFError(f"exit code {self._writer.exitcode}")
                 self._answers(timeout_s=0)
         except (OSError, EOFError) as exc:  # the writer process is gone
             log.error("prediction log: the writer process stopped (%s); records dropped", exc)
@@ -201,12 +203,15 @@ class PredictionLog:
     def _answers(self, timeout_s: float) -> bool:
         """Count what the writer answered; False when nothing came within the timeout."""
         pipe: Connection = self._pipe
-        if not pipe.poll(timeout_s):
+        try:
+            if not pipe.poll(timeout_s):
+                return False
+            while pipe.poll():
+                written, failed = pipe.recv()
+                if written:
+                    self.count("written", written)
+                if failed:
+                    self.count("failed", failed)
+        except EOFError:  # the writer has exited: nothing more will come
             return False
-        while pipe.poll():
-            written, failed = pipe.recv()
-            if written:
-                self.count("written", written)
-            if failed:
-                self.count("failed", failed)
         return True

@@ -60,14 +60,31 @@ class DecisionRequest(BaseModel):
     reason: str = Field(default="manual", max_length=500)
 
 
-class ReviewDecision(BaseModel):
+class LabelDecision(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    label: str | None = Field(
-        default=None, min_length=1, max_length=128, description="The true label.", examples=["7"]
-    )
-    discard: bool = Field(default=False, description="Not an image of any label: drop it.")
+    label: str = Field(min_length=1, max_length=128, description="The true label.", examples=["7"])
     by: str = Field(default="admin", min_length=1, max_length=128, description="Who decided.")
+
+
+class DiscardDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    by: str = Field(default="admin", min_length=1, max_length=128, description="Who decided.")
+
+
+def only_query(request: Request, names: frozenset[str]) -> None:
+    """Refuse a query parameter the endpoint does not take, or one given twice (400)."""
+    query = request.query_params
+    unknown = sorted(query.keys() - names)
+    if unknown:
+        raise BadInput(
+            f"unknown query parameters {', '.join(repr(n[:64]) for n in unknown[:5])}; this "
+            f"endpoint takes {', '.join(sorted(names)) or 'none'}"
+        )
+    repeated = sorted(name for name in names if len(query.getlist(name)) > 1)
+    if repeated:
+        raise BadInput(f"query parameters given more than once: {', '.join(repeated)}")
 
 
 def admin_token(settings: ServingSettings) -> str | None:
@@ -114,6 +131,7 @@ def admin_router(settings: ServingSettings) -> APIRouter:
                    if k in (200, 400, 404)},
     )  # fmt: skip
     async def status(request: Request, model: ModelQuery = None) -> dict[str, Any]:
+        only_query(request, frozenset({"model"}))
         found, model = rollouts(request, model)
         return found.status(model)
 
@@ -180,9 +198,11 @@ def admin_router(settings: ServingSettings) -> APIRouter:
     )  # fmt: skip
     async def queued(
         request: Request,
-        model: ModelQuery = None,
+        model: Annotated[str, Query(min_length=1, max_length=64, description="Model family.")],
         limit: Annotated[int, Query(ge=1, le=500, description="Items at most.")] = 50,
     ) -> dict[str, Any]:
+        only_query(request, frozenset({"model", "limit"}))
+        rollouts(request, model)  # a served model, or 404 naming those that are
         queue = review(request)
         return await anyio.to_thread.run_sync(queue.pending, model, limit)
 
@@ -202,26 +222,42 @@ def admin_router(settings: ServingSettings) -> APIRouter:
         data, media_type = await anyio.to_thread.run_sync(review(request).image, prediction_id)
         return Response(data, media_type=media_type)
 
-    @router.post(
-        "/review/{prediction_id}",
-        dependencies=admin,
-        summary="Label or discard a queued prediction",
-        responses=admin_responses("The decision, with the model's guess."),
-    )
-    async def decide(
-        request: Request,
-        prediction_id: Annotated[int, Path(ge=1, le=2**62)],
-        body: ReviewDecision,
+    async def decided(
+        request: Request, prediction_id: int, label: str | None, by: str
     ) -> dict[str, Any]:
-        if (body.label is None) == (not body.discard):
-            raise BadInput("send a label, or discard: true (one of the two)")
         queue = review(request)
         model = await anyio.to_thread.run_sync(queue.model_of, prediction_id)
         labels = labels_of(request, model)
 
         def run() -> dict[str, Any]:
-            return queue.decide(prediction_id, body.label, body.by, labels)
+            return queue.decide(prediction_id, label, by, labels)
 
         return await anyio.to_thread.run_sync(run)
+
+    @router.post(
+        "/review/{prediction_id}/label",
+        dependencies=admin,
+        summary="Label a queued prediction with its true label",
+        responses=admin_responses("The decision, with the model's guess."),
+    )
+    async def label(
+        request: Request,
+        prediction_id: Annotated[int, Path(ge=1, le=2**62)],
+        body: LabelDecision,
+    ) -> dict[str, Any]:
+        return await decided(request, prediction_id, body.label, body.by)
+
+    @router.post(
+        "/review/{prediction_id}/discard",
+        dependencies=admin,
+        summary="Discard a queued prediction: not an image of any label",
+        responses=admin_responses("The decision, with the model's guess."),
+    )
+    async def discard(
+        request: Request,
+        prediction_id: Annotated[int, Path(ge=1, le=2**62)],
+        body: DiscardDecision,
+    ) -> dict[str, Any]:
+        return await decided(request, prediction_id, None, body.by)
 
     return router

@@ -64,9 +64,11 @@ def test_uncertain_answers_are_queued_labelled_and_exported(tmp_path: Path) -> N
             uncertain = [rid for rid, (_, _, score) in sent.items() if score <= BAND[1]]
             assert 2 <= len(uncertain) < len(sent), "the blends span the band's edge"
 
-            assert client.get("/admin/review").status_code == 401
+            assert client.get("/admin/review", params={"model": "digits"}).status_code == 401
             time.sleep(1)  # the writer's next batch
-            queue = client.get("/admin/review", params={"limit": 500}, headers=ADMIN).json()
+            queue = client.get(
+                "/admin/review", params={"model": "digits", "limit": 500}, headers=ADMIN
+            ).json()
             assert queue["waiting"] == len(uncertain) and queue["decided"] == 0
             assert {item["request_id"] for item in queue["items"]} == set(uncertain)
             first, second, third = queue["items"][:3]
@@ -76,33 +78,32 @@ def test_uncertain_answers_are_queued_labelled_and_exported(tmp_path: Path) -> N
 
             truth = sent[first["request_id"]][1]
             labelled = client.post(
-                f"/admin/review/{first['id']}", json={"label": truth, "by": "tester"},
+                f"/admin/review/{first['id']}/label", json={"label": truth, "by": "tester"},
                 headers=ADMIN,
             )  # fmt: skip
             assert labelled.status_code == 200, labelled.text
             assert labelled.json()["label"] == truth and labelled.json()["by"] == "tester"
-            again = client.post(
-                f"/admin/review/{first['id']}", json={"discard": True}, headers=ADMIN
-            )
+            again = client.post(f"/admin/review/{first['id']}/discard", json={}, headers=ADMIN)
             assert again.status_code == 409, again.text
             wrong = client.post(
-                f"/admin/review/{second['id']}", json={"label": "cat"}, headers=ADMIN
+                f"/admin/review/{second['id']}/label", json={"label": "cat"}, headers=ADMIN
             )
             assert wrong.status_code == 400 and "not a label of digits" in wrong.text
-            both = client.post(
-                f"/admin/review/{second['id']}", json={"label": "1", "discard": True},
-                headers=ADMIN,
-            )  # fmt: skip
-            assert both.status_code == 400, both.text
+            extra = client.post(
+                f"/admin/review/{second['id']}/discard", json={"label": "1"}, headers=ADMIN
+            )
+            assert extra.status_code == 400, extra.text
             discarded = client.post(
-                f"/admin/review/{second['id']}", json={"discard": True}, headers=ADMIN
+                f"/admin/review/{second['id']}/discard", json={"by": "tester"}, headers=ADMIN
             )
             assert discarded.status_code == 200 and discarded.json()["discarded"] is True
-            missing = client.post("/admin/review/999999", json={"discard": True}, headers=ADMIN)
+            missing = client.post("/admin/review/999999/discard", json={}, headers=ADMIN)
             assert missing.status_code == 404, missing.text
-            unauthorised = client.post(f"/admin/review/{third['id']}", json={"discard": True})
+            unauthorised = client.post(f"/admin/review/{third['id']}/discard", json={})
             assert unauthorised.status_code == 401
-            after = client.get("/admin/review", headers=ADMIN).json()
+            unknown = client.get("/admin/review", params={"model": "nope"}, headers=ADMIN)
+            assert unknown.status_code == 404, unknown.text
+            after = client.get("/admin/review", params={"model": "digits"}, headers=ADMIN).json()
             assert (after["waiting"], after["decided"]) == (len(uncertain) - 2, 2)
     finally:
         stop_server(server)
