@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -147,17 +148,26 @@ class Store:
 def serve(settings: PredictionLogSettings, connection: Connection) -> None:
     """The writer process: write each batch that arrives, answer its counts, until None.
 
-    It leaves the serving process's group first (a session of its own): a SIGTERM to the whole
-    group must not end it before the serving process, which drains first, has sent what is
-    queued. It ends on None, when the serving process is gone (its end of the pipe closes), or
-    on a signal of its own (multiprocessing's exit handler terminates it)."""
+    It leaves the serving process's group first (a session of its own), and a SIGTERM only
+    starts a grace of `prediction_log_close_s`: process managers signal a worker's children
+    along with it, and the serving process, which drains first, still has to send what is
+    queued. It ends on None, when the serving process is gone (its end of the pipe closes),
+    or when the grace after a SIGTERM is over."""
     os.setsid()
+    grace: list[float] = []
+
+    def terminating(_signum: int, _frame: Any) -> None:
+        if not grace:
+            grace.append(time.monotonic() + settings.prediction_log_close_s)
+
+    signal.signal(signal.SIGTERM, terminating)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the serving process's to handle
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     store = Store(settings)
     connection.send("ready")
     try:
-        while True:
-            if connection.poll(60.0):
+        while not grace or time.monotonic() < grace[0]:
+            if connection.poll(1.0):
                 batch = connection.recv()
                 if batch is None:
                     return
