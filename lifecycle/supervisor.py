@@ -101,7 +101,7 @@ class Rollouts:
 
     def close(self) -> None:
         if self._helper is not None:
-            self._helper.shutdown(wait=False, cancel_futures=True)
+            self._helper.shutdown(wait=True, cancel_futures=True)
 
     async def _in_helper(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._helper is None:

@@ -77,11 +77,8 @@ class PredictionLog:
         self._writer = context.Process(
             target=store.serve, args=(self.settings, theirs), name="prediction-log", daemon=True
         )
-        self._writer.start()
+        self._writer.start()  # not waited for: serving starts while it imports
         theirs.close()
-        # The tables exist once the writer is up: readers may query at once.
-        if not self._pipe.poll(START_TIMEOUT_S) or self._pipe.recv() != "ready":
-            raise RuntimeError("the prediction log's writer process did not start")
         self._thread = threading.Thread(target=self._send, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -164,6 +161,9 @@ class PredictionLog:
 
     def _send(self) -> None:
         try:
+            # Records queue up meanwhile; the tables exist once the writer is up.
+            if not self._pipe.poll(START_TIMEOUT_S) or self._pipe.recv() != "ready":
+                raise EOFError(f"it did not start within {START_TIMEOUT_S:g} s")
             while True:
                 self._wake.wait(self.settings.prediction_log_flush_s)
                 self._wake.clear()

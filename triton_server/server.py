@@ -402,6 +402,12 @@ class TritonFrontEnd:
         with self._lock:
             triton, self._triton = self._triton, None
             endpoint, self._endpoint = self._endpoint, None
+        # Before the server's processes are ended: after a drain every answered request's
+        # records are queued, and the helper processes are this launcher's to stop.
+        if self.rollouts is not None:
+            self.rollouts.close()
+        if self.predictions is not None and not self.predictions.close():
+            logger.error("prediction log: records still queued at exit were lost")
         if triton is not None:
             triton.stop()
             # When clients keep their connections open, tritonserver waits the whole exit
@@ -416,11 +422,6 @@ class TritonFrontEnd:
                     logger.warning("removing shared memory the server left: %s", path)
                     with contextlib.suppress(OSError):
                         os.unlink(path)
-        if self.rollouts is not None:
-            self.rollouts.close()
-        # After the drain (or at once): every answered request's records are queued.
-        if self.predictions is not None and not self.predictions.close():
-            logger.error("prediction log: records still queued at exit were lost")
         if endpoint is not None:
             endpoint.stop()
 

@@ -135,13 +135,15 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
         for i in range(1000):
             log.record(a_row(image_index=i))
             if i == 0:
-                time.sleep(0.2)  # the sender takes the first record and hangs on it
+                time.sleep(0.2)  # the sender may take the first record and hang on it
         took = time.perf_counter() - started - 0.2
         held.set()
         assert log.close(30)
     assert took < 0.5, f"1000 records took {took:.2f} s to hand over"
-    assert counted == {"written": 11, "dropped": 989}, counted
-    assert len(rows(settings.url)) == 11
+    # The queue's 10, and the one the sender may already hold; every other record dropped.
+    written = counted["written"]
+    assert 10 <= written <= 11 and counted["dropped"] == 1000 - written, counted
+    assert len(rows(settings.url)) == written
 
 
 def test_old_records_and_images_are_deleted(tmp_path: Path) -> None:
