@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import uvloop
 
 
@@ -49,6 +50,13 @@ class Run:
     @property
     def offered_per_s(self) -> float:
         return self.scheduled / self.seconds if self.seconds else 0.0
+
+    def figures(self) -> tuple[float, float, int]:
+        """Answers 200 per second, their p99 in ms, and how many answers were not 200."""
+        latencies = [a.latency_s for a in self.answers if a.status == 200]
+        bad = sum(1 for a in self.answers if a.status != 200)
+        p99 = float(np.percentile(latencies, 99)) * 1000 if latencies else float("nan")
+        return len(latencies) / self.seconds, p99, bad
 
 
 def request_bytes(path: str, host: str, content_type: str, body: bytes) -> bytes:

@@ -20,23 +20,15 @@ import tempfile
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from bench import servers
-from bench.loadgen import Run, closed_loop, request_bytes
+from bench.loadgen import closed_loop, request_bytes
 from lifecycle.controller import parse
 from offline.card import describe_machine
 from offline.data import load_heldout
 from offline.digits import encode_png
 
 log = logging.getLogger("bench.predictionlog")
-
-
-def _figures(run: Run) -> tuple[float, float, int]:
-    latencies = [a.latency_s for a in run.answers if a.status == 200]
-    bad = sum(1 for a in run.answers if a.status != 200)
-    p99 = float(np.percentile(latencies, 99)) * 1000 if latencies else float("nan")
-    return len(latencies) / run.seconds, p99, bad
 
 
 def _records(server: servers.Server) -> dict[str, float]:
@@ -87,7 +79,7 @@ def _measure(on: servers.Server, off: servers.Server, args: argparse.Namespace) 
         requests = [
             request_bytes("/v1/classify", f"{host}:{port}", "image/png", png) for png in pngs
         ]
-        return _figures(closed_loop(host, int(port), requests, args.clients, seconds))
+        return closed_loop(host, int(port), requests, args.clients, seconds).figures()
 
     for server in (on, off):
         load(server, 2.0)  # warm

@@ -62,13 +62,6 @@ def _prepare(root: Path) -> tuple[Path, Path]:
     return repository, data
 
 
-def _figures(run: Run) -> tuple[float, float, int]:
-    latencies = [a.latency_s for a in run.answers if a.status == 200]
-    bad = sum(1 for a in run.answers if a.status != 200)
-    p99 = float(np.percentile(latencies, 99)) * 1000 if latencies else float("nan")
-    return len(latencies) / run.seconds, p99, bad
-
-
 def _timeline(run: Run, step_s: float = 0.5) -> str:
     """Answers per second in each `step_s` of a phase: where a rollout costs."""
     if not run.answers:
@@ -121,7 +114,7 @@ def _measure(server: servers.Server, args: argparse.Namespace) -> int:
     authorised = {"Authorization": f"Bearer {TOKEN}"}
     for round_ in range(1, args.rounds + 1):
         other = 2 if champion == 1 else 1
-        steady = _figures(closed_loop(host, int(port), requests, args.clients, args.seconds))
+        steady = closed_loop(host, int(port), requests, args.clients, args.seconds).figures()
         body: dict[str, object] = {"version": other, "canary_share": 0.1, "shadow_share": 0.1}
         started: list[int] = []
 
@@ -132,7 +125,7 @@ def _measure(server: servers.Server, args: argparse.Namespace) -> int:
         timer.start()
         began = time.monotonic()
         phase = closed_loop(host, int(port), requests, args.clients, args.seconds)
-        rolling = _figures(phase)
+        rolling = phase.figures()
         timer.join()
         log.info("round %d: rollout phase, answers/s per 0.5 s: %s", round_, _timeline(phase))
         decisions = admin.get("/rollouts").json()["decisions"]

@@ -170,16 +170,16 @@ def measure(
     return figures
 
 
+def _at_most(ratio: float, limit: float) -> str:
+    return f"breaks: {ratio:.3f} > {limit:g}" if ratio > limit else f"holds: {ratio:.3f}"
+
+
 def judge(figures: Figures, settings: RolloutSettings) -> str | None:
     """ "promote", "rollback" or None (keep watching); the checks are written into figures."""
     enough = settings.rollout_min_samples
     if figures.challenger_requests >= enough:
         ratio = figures.challenger_errors / figures.challenger_requests
-        figures.checks["error_ratio"] = (
-            f"breaks: {ratio:.3f} > {settings.rollout_max_error_ratio:g}"
-            if ratio > settings.rollout_max_error_ratio
-            else f"holds: {ratio:.3f}"
-        )
+        figures.checks["error_ratio"] = _at_most(ratio, settings.rollout_max_error_ratio)
         ours, theirs = figures.champion_p99_ms, figures.challenger_p99_ms
         if (
             theirs is not None
@@ -193,11 +193,7 @@ def judge(figures: Figures, settings: RolloutSettings) -> str | None:
             )
     if figures.model_requests >= enough:
         shed = figures.model_sheds / figures.model_requests
-        figures.checks["shed_ratio"] = (
-            f"breaks: {shed:.3f} > {settings.rollout_max_shed_ratio:g}"
-            if shed > settings.rollout_max_shed_ratio
-            else f"holds: {shed:.3f}"
-        )
+        figures.checks["shed_ratio"] = _at_most(shed, settings.rollout_max_shed_ratio)
     if figures.shadow_comparisons >= enough and figures.shadow_agreement is not None:
         agreement = figures.shadow_agreement
         figures.checks["shadow_agreement"] = (

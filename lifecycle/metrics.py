@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-# Milliseconds: a digit is decoded in ~0.05 ms and a batch runs in ~0.1-5 ms; a request that
-# queues behind load can take seconds before it is shed or times out.
+# Milliseconds: from a tiny model's decode and batch at the low end to a request that queues
+# behind load for seconds before it is answered, shed or timed out.
 LATENCY_BUCKETS_MS = (
     0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 75, 100, 250, 500, 1000, 2500, 5000,
     10000,

@@ -6,16 +6,13 @@ from pathlib import Path
 
 from pydantic import Field
 
-from runners.settings import REPO_ROOT, ProjectSettings
+from runners.settings import DataSettings
 
 
-class RegistrySettings(ProjectSettings):
+class RegistrySettings(DataSettings):
     """The model registry's location. With no URI the store is embedded: a SQLite file and an
     artifact folder under `data_dir`, so serving needs no server."""
 
-    data_dir: Path = Field(
-        default=REPO_ROOT / "data", description="The project's data (registry, logs) root."
-    )
     registry_uri: str | None = Field(
         default=None,
         description="MLflow tracking and registry URI (http://host:5000 for an `mlflow server`); "

@@ -1,10 +1,9 @@
 """Rollouts in a running server, either front end: the operations and the controller loop.
 
 The operations are `lifecycle.rollout`'s. Those that call the registry run in one helper
-process that opens the registry when the server starts (`prepare`): MLflow's import takes
-seconds of CPU and its calls hold the interpreter lock for a tenth of a second and more, which
-in the serving process would stall every request beside them. The runners follow the
-repository by themselves. The controller
+process that opens the registry when the server starts (`prepare`): MLflow's import and its
+calls are long stretches of Python that, in the serving process, would hold the interpreter
+lock every request needs. The runners follow the repository by themselves. The controller
 (`lifecycle.controller`) runs as one task on an event loop (BentoML: the first entry
 worker's; Triton: the launcher's controller thread): each interval it reads the served
 families' rollouts from the repository and the server's own metrics, and promotes or rolls
@@ -62,8 +61,9 @@ class Rollouts:
     `read_metrics` returns the serving process's Prometheus text; `count_decision` counts a
     decision by model, decision and reason kind (`imgserve_rollout_decisions_total`). With
     `metrics_in_helper`, `read_metrics` (a module-level function) runs in the helper process:
-    BentoML's metrics are files shared by its processes, and merging them takes tens of ms
-    of the interpreter lock each interval; otherwise it runs in a thread here."""
+    BentoML's metrics are files shared by its processes, and merging them is Python work that
+    would hold the serving process's interpreter lock each interval; otherwise it runs in a
+    thread here."""
 
     def __init__(
         self,

@@ -6,15 +6,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from runners.settings import REPO_ROOT, ProjectSettings
+from runners.settings import DataSettings
 
 
-class PredictionLogSettings(ProjectSettings):
+class PredictionLogSettings(DataSettings):
     """Where predictions are recorded, how they travel there, and what is kept."""
 
-    data_dir: Path = Field(
-        default=REPO_ROOT / "data", description="The project's data (registry, logs) root."
-    )
     prediction_log: bool = Field(default=True, description="Record every answered prediction.")
     prediction_log_url: str | None = Field(
         default=None,

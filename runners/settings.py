@@ -39,6 +39,15 @@ class ProjectSettings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
+class DataSettings(ProjectSettings):
+    """The project's data directory (`IMGSERVE_DATA_DIR`): the embedded registry and the
+    prediction log live under it."""
+
+    data_dir: Path = Field(
+        default=REPO_ROOT / "data", description="The project's data (registry, logs) root."
+    )
+
+
 class BackendSettings(ProjectSettings):
     """How an engine runs a model: threads and performance hints."""
 

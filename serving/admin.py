@@ -20,8 +20,9 @@ from starlette.responses import Response
 
 from lifecycle.supervisor import Rollouts
 from monitoring.review import MEDIA_TYPES, ReviewQueue
-from runners.errors import BadInput, Forbidden, NotFound, Unauthorized
+from runners.errors import Forbidden, NotFound, Unauthorized
 from serving.openapi import ADMIN_ERRORS, admin_responses
+from serving.query import check_query
 from serving.settings import ServingSettings
 
 _MODEL = "Model family; default: the first served."
@@ -73,20 +74,6 @@ class DiscardDecision(BaseModel):
     by: str = Field(default="admin", min_length=1, max_length=128, description="Who decided.")
 
 
-def only_query(request: Request, names: frozenset[str]) -> None:
-    """Refuse a query parameter the endpoint does not take, or one given twice (400)."""
-    query = request.query_params
-    unknown = sorted(query.keys() - names)
-    if unknown:
-        raise BadInput(
-            f"unknown query parameters {', '.join(repr(n[:64]) for n in unknown[:5])}; this "
-            f"endpoint takes {', '.join(sorted(names)) or 'none'}"
-        )
-    repeated = sorted(name for name in names if len(query.getlist(name)) > 1)
-    if repeated:
-        raise BadInput(f"query parameters given more than once: {', '.join(repeated)}")
-
-
 def admin_token(settings: ServingSettings) -> str | None:
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
@@ -131,7 +118,7 @@ def admin_router(settings: ServingSettings) -> APIRouter:
                    if k in (200, 400, 404)},
     )  # fmt: skip
     async def status(request: Request, model: ModelQuery = None) -> dict[str, Any]:
-        only_query(request, frozenset({"model"}))
+        check_query(request, frozenset({"model"}))
         found, model = rollouts(request, model)
         return found.status(model)
 
@@ -201,7 +188,7 @@ def admin_router(settings: ServingSettings) -> APIRouter:
         model: Annotated[str, Query(min_length=1, max_length=64, description="Model family.")],
         limit: Annotated[int, Query(ge=1, le=500, description="Items at most.")] = 50,
     ) -> dict[str, Any]:
-        only_query(request, frozenset({"model", "limit"}))
+        check_query(request, frozenset({"model", "limit"}))
         rollouts(request, model)  # a served model, or 404 naming those that are
         queue = review(request)
         return await anyio.to_thread.run_sync(queue.pending, model, limit)

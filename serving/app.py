@@ -29,6 +29,7 @@ from serving.fastpath import FastPath
 from serving.gateway import Gateway, VersionFailed
 from serving.metrics import UNKNOWN, render_latest
 from serving.openapi import BATCH_EXAMPLE, CLASSIFY_EXAMPLE, batch_body, classify_body, responses
+from serving.query import check_query
 from serving.settings import ServingSettings
 
 logger = logging.getLogger("serving")
@@ -160,7 +161,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
                     f"{served.task.route} (or {served.task.route}/batch)"
                 )
             with gw.admit(), gw.metrics.in_flight.labels(**labels).track_inprogress():
-                _check_query(request)
+                check_query(request, QUERY_PARAMETERS)
                 limit = settings.max_images_per_request if many else 1
                 field = "images" if many else "image"
                 # A body that stops arriving must not hold its connection and admission slot
@@ -293,17 +294,3 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.add_middleware(FastPath, answer=answer)
     app.state.answer = answer  # for a FastPath outside the app (service.serve_first)
     return app
-
-
-def _check_query(request: Request) -> None:
-    query = request.query_params
-    unknown = sorted(query.keys() - QUERY_PARAMETERS)
-    if unknown:
-        names = ", ".join(repr(name[:64]) for name in unknown[:5])
-        raise BadInput(
-            f"unknown query parameters {names}; this endpoint takes "
-            f"{', '.join(sorted(QUERY_PARAMETERS))}"
-        )
-    repeated = sorted(name for name in QUERY_PARAMETERS if len(query.getlist(name)) > 1)
-    if repeated:
-        raise BadInput(f"query parameters given more than once: {', '.join(repeated)}")

@@ -95,6 +95,13 @@ def _start_server(
     raise RuntimeError(f"server not ready after {timeout_s} s:\n{log.read_text()}")
 
 
+def bentoml_env(root: Path, env: Mapping[str, str]) -> tuple[Path, dict[str, str]]:
+    """A new BENTOML_HOME under `root`, and `env` for a server that uses it."""
+    home = root / "bentoml"
+    home.mkdir()
+    return home, {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+
+
 def stop_server(server: Server) -> None:
     """Stop the whole process group (arbiter, entry and runner workers): nothing is left."""
     try:

@@ -22,7 +22,7 @@ from monitoring.settings import PredictionLogSettings
 from monitoring.store import COLUMNS, ImageStore
 from offline.data import load_heldout
 from offline.digits import encode_png
-from tests.integration.conftest import REPO_ROOT, start_server, stop_server
+from tests.integration.conftest import REPO_ROOT, bentoml_env, start_server, stop_server
 from tests.integration.postgres import postgres_server
 
 
@@ -49,17 +49,16 @@ def test_every_answer_is_logged_and_sigterm_writes_what_is_queued(
     data = tmp_path / "data"
     settings = PredictionLogSettings(data_dir=data)
     url = settings.url if store == "sqlite" else request.getfixturevalue("postgres")
-    home = tmp_path / "bentoml"
-    home.mkdir()
-    env = {
-        "BENTOML_HOME": str(home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "IMGSERVE_DATA_DIR": str(data),
-        "IMGSERVE_PREDICTION_LOG_URL": url,
-        # Nothing is written before SIGTERM: the records wait for their batch.
-        "IMGSERVE_PREDICTION_LOG_FLUSH_S": "600",
-        "IMGSERVE_IMAGE_SAMPLE_SHARE": "1",  # every image kept
-    }
+    home, env = bentoml_env(
+        tmp_path,
+        {
+            "IMGSERVE_DATA_DIR": str(data),
+            "IMGSERVE_PREDICTION_LOG_URL": url,
+            # Nothing is written before SIGTERM: the records wait for their batch.
+            "IMGSERVE_PREDICTION_LOG_FLUSH_S": "600",
+            "IMGSERVE_IMAGE_SAMPLE_SHARE": "1",  # every image kept
+        },
+    )
     images, labels = load_heldout()
     pngs = [encode_png(image) for image in images[:40]]
     server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)

@@ -29,7 +29,14 @@ from offline.data import load_heldout
 from offline.digits import encode_png
 from runners.errors import RegistryError
 from runners.repository import REGISTRY_STAMP, Repository
-from tests.integration.conftest import BENTOML, REPO_ROOT, free_port, start_server, stop_server
+from tests.integration.conftest import (
+    BENTOML,
+    REPO_ROOT,
+    bentoml_env,
+    free_port,
+    start_server,
+    stop_server,
+)
 from tests.integration.postgres import postgres_server
 
 COMMITTED = REPO_ROOT / "model_repository"
@@ -242,14 +249,13 @@ def test_a_tracking_server_registry_is_what_both_front_ends_check(
         ).fetchall()
     assert [row[0] for row in stored] == [1, version], "the versions live in PostgreSQL"
 
-    home = tmp_path / "bentoml"
-    home.mkdir()
-    env = {
-        "BENTOML_HOME": str(home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "IMGSERVE_REPOSITORY": str(repository),
-        "IMGSERVE_REGISTRY_URI": url,
-    }
+    home, env = bentoml_env(
+        tmp_path,
+        {
+            "IMGSERVE_REPOSITORY": str(repository),
+            "IMGSERVE_REGISTRY_URI": url,
+        },
+    )
     server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:
         images, labels = load_heldout()

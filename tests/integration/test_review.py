@@ -16,7 +16,7 @@ import numpy as np
 from monitoring.settings import PredictionLogSettings
 from offline.data import load_heldout
 from offline.digits import encode_png
-from tests.integration.conftest import REPO_ROOT, start_server, stop_server
+from tests.integration.conftest import REPO_ROOT, bentoml_env, start_server, stop_server
 
 TOKEN = "review-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,17 +38,16 @@ def blends(count: int) -> tuple[list[bytes], list[str]]:
 
 def test_uncertain_answers_are_queued_labelled_and_exported(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    home = tmp_path / "bentoml"
-    home.mkdir()
-    env = {
-        "BENTOML_HOME": str(home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "IMGSERVE_DATA_DIR": str(data),
-        "IMGSERVE_ADMIN_TOKEN": TOKEN,
-        "IMGSERVE_REVIEW_BAND": f"[{BAND[0]}, {BAND[1]}]",
-        "IMGSERVE_IMAGE_SAMPLE_SHARE": "0",  # only the uncertain images are kept
-        "IMGSERVE_PREDICTION_LOG_FLUSH_S": "0.1",
-    }
+    home, env = bentoml_env(
+        tmp_path,
+        {
+            "IMGSERVE_DATA_DIR": str(data),
+            "IMGSERVE_ADMIN_TOKEN": TOKEN,
+            "IMGSERVE_REVIEW_BAND": f"[{BAND[0]}, {BAND[1]}]",
+            "IMGSERVE_IMAGE_SAMPLE_SHARE": "0",  # only the uncertain images are kept
+            "IMGSERVE_PREDICTION_LOG_FLUSH_S": "0.1",
+        },
+    )
     pngs, truths = blends(60)
     server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:

@@ -29,7 +29,7 @@ from runners.model import LoadedModel
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import Repository
 from runners.tasks.classification import top1_labels
-from tests.integration.conftest import REPO_ROOT, Server, start_server, stop_server
+from tests.integration.conftest import REPO_ROOT, Server, bentoml_env, start_server, stop_server
 from tests.integration.test_registry import FAMILY, copy_committed
 
 TOKEN = "rollout-test-token"
@@ -121,6 +121,31 @@ def digits() -> tuple[list[bytes], list[str]]:
     return [pngs[i] for i in keep], [str(labels[i]) for i in keep]
 
 
+# A short window and interval, and a p99 floor out of reach: these tests judge agreement, and
+# on two shared cores with the load beside the server a p99 of a few hundred answers is
+# noise (the p99 check: tests/unit/test_controller.py).
+FAST_DECISIONS = {
+    "IMGSERVE_ROLLOUT_WINDOW_S": "4",
+    "IMGSERVE_ROLLOUT_MIN_SAMPLES": "30",
+    "IMGSERVE_ROLLOUT_INTERVAL_S": "0.5",
+    "IMGSERVE_ROLLOUT_P99_FLOOR_MS": "5000",
+}
+
+
+def three_versions(root: Path) -> tuple[Registry, Path, Path]:
+    """The committed digits as registry version 1 (champion), v2 the same network rebuilt,
+    v3 damaged: the registry, the repository and the data directory, under `root`."""
+    data = root / "data"
+    registry = Registry(RegistrySettings(data_dir=data))
+    repository = copy_committed(root / "repo")
+    adopt(registry, repository, FAMILY)
+    for change, tag in ((same_network, "v2"), (damaged, "v3")):
+        staging = root / tag
+        build_version(staging, change)
+        registry.record(FAMILY, staging, tag)
+    return registry, repository, data
+
+
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -142,29 +167,16 @@ def test_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one
     tmp_path: Path, digits: tuple[list[bytes], list[str]]
 ) -> None:
     images, expected = digits
-    data = tmp_path / "data"
-    registry = Registry(RegistrySettings(data_dir=data))
-    repository = copy_committed(tmp_path / "repo")
-    adopt(registry, repository, FAMILY)
-    for change, tag in ((same_network, "v2"), (damaged, "v3")):
-        staging = tmp_path / tag
-        build_version(staging, change)
-        registry.record(FAMILY, staging, tag)
-    home = tmp_path / "bentoml"
-    home.mkdir()
-    env = {
-        "BENTOML_HOME": str(home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "IMGSERVE_REPOSITORY": str(repository),
-        "IMGSERVE_DATA_DIR": str(data),
-        "IMGSERVE_ADMIN_TOKEN": TOKEN,
-        "IMGSERVE_ROLLOUT_WINDOW_S": "4",
-        "IMGSERVE_ROLLOUT_MIN_SAMPLES": "30",
-        "IMGSERVE_ROLLOUT_INTERVAL_S": "0.5",
-        # This test judges agreement; on two shared cores with the load beside the server a
-        # p99 of a few hundred answers is noise (the p99 check: tests/unit/test_controller.py).
-        "IMGSERVE_ROLLOUT_P99_FLOOR_MS": "5000",
-    }
+    registry, repository, data = three_versions(tmp_path)
+    home, env = bentoml_env(
+        tmp_path,
+        {
+            "IMGSERVE_REPOSITORY": str(repository),
+            "IMGSERVE_DATA_DIR": str(data),
+            "IMGSERVE_ADMIN_TOKEN": TOKEN,
+            **FAST_DECISIONS,
+        },
+    )
     server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:
         admin = httpx.Client(base_url=f"{server.url}/admin", timeout=30)

@@ -22,14 +22,12 @@ from tritonclient.utils import InferenceServerException
 
 from lifecycle import rollout
 from lifecycle.controller import parse
-from lifecycle.promote import adopt
-from lifecycle.registry import CHALLENGER, CHAMPION, Registry
-from lifecycle.settings import RegistrySettings
+from lifecycle.registry import CHALLENGER, CHAMPION
 from monitoring.settings import PredictionLogSettings
 from runners.repository import Repository
 from tests.integration.test_prediction_log import rows
-from tests.integration.test_registry import FAMILY, copy_committed
-from tests.integration.test_rollout import build_version, damaged, digits, same_network, wait_for
+from tests.integration.test_registry import FAMILY
+from tests.integration.test_rollout import FAST_DECISIONS, digits, three_versions, wait_for
 from tests.integration.test_triton import TritonProcess, image_input, launch, stop
 
 __all__ = ["digits"]  # the held-out digits fixture, shared with the BentoML rollout test
@@ -98,23 +96,8 @@ def test_triton_rollout_under_load_promotes_a_good_version_and_rolls_back_a_dama
     tmp_path: Path, digits: tuple[list[bytes], list[str]]
 ) -> None:
     images, expected = digits
-    data = tmp_path / "data"
-    registry = Registry(RegistrySettings(data_dir=data))
-    root = copy_committed(tmp_path / "repo")
-    adopt(registry, root, FAMILY)
-    for change, tag in ((same_network, "v2"), (damaged, "v3")):
-        staging = tmp_path / tag
-        build_version(staging, change)
-        registry.record(FAMILY, staging, tag)
-    env = {
-        "IMGSERVE_DATA_DIR": str(data),
-        "IMGSERVE_ROLLOUT_WINDOW_S": "4",
-        "IMGSERVE_ROLLOUT_MIN_SAMPLES": "30",
-        "IMGSERVE_ROLLOUT_INTERVAL_S": "0.5",
-        # This test judges agreement; a p99 of a few hundred answers on two shared cores is
-        # noise (the p99 check: tests/unit/test_controller.py).
-        "IMGSERVE_ROLLOUT_P99_FLOOR_MS": "5000",
-    }
+    registry, root, data = three_versions(tmp_path)
+    env = {"IMGSERVE_DATA_DIR": str(data), **FAST_DECISIONS}
     server = launch(root, tmp_path / "server.log", env)
     try:
         with TritonLoad(server, images, expected) as load:
