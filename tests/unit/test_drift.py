@@ -38,7 +38,6 @@ def served() -> tuple[Any, dict[str, Any], LoadedModel]:
 def test_the_committed_reference_is_the_heldout_split_as_served(served: Any) -> None:
     entry, reference, model = served
     made = drift.make_reference(entry, heldout_pngs(), HELDOUT_DESCRIPTION, model)
-    assert reference["version"] == entry.version == made["version"]
     assert reference["task"] == "classification" and reference["count"] == 1000
     assert reference["columns"]["label"] == made["columns"]["label"]
     np.testing.assert_allclose(reference["columns"]["score"], made["columns"]["score"], atol=1e-5)
