@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.shifts import inverted
 from offline.data import load_heldout
-from tests.drift_shifts import inverted
 from tests.integration.conftest import REPO_ROOT, bentoml_env, start_server, stop_server
 
 MIN_ROWS = 200

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.shifts import SHIFTS, photos
 from monitoring import drift
 from monitoring.settings import DriftSettings
 from offline.data import load_heldout
@@ -18,7 +19,6 @@ from offline.digits import HELDOUT_DESCRIPTION, heldout_pngs
 from runners.model import LoadedModel
 from runners.repository import DRIFT_REFERENCE, read_model
 from runners.tasks.classification import CLASSIFICATION
-from tests.drift_shifts import SHIFTS, photos
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WINDOW = DriftSettings().drift_min_rows  # the smallest window a check judges

@@ -1,5 +1,5 @@
-"""Real shifts of the held-out digits, for the drift tests: each returns PNG bytes as a client
-would send them."""
+"""Real shifts of the held-out digits, for the drift tests and `bench.drift`: each returns
+PNG bytes as a client would send them."""
 
 from __future__ import annotations
 
