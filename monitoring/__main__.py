@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.command in ("review", "export"):
         return _review(args)
-    from runners.errors import NotComputed, ServingError
+    from runners.errors import ServingError, TooFewRows
 
     try:
         if args.command == "drift":
             return _drift(args)
         return _reference(args)
-    except NotComputed as exc:
+    except TooFewRows as exc:
         log.error("%s", exc.message)
         return TOO_FEW_ROWS
     except ServingError as exc:

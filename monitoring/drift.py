@@ -9,8 +9,8 @@ the registry version. A check (`check`) reads the log's answered rows of that ve
 time window and compares each feature with the reference through Evidently
 (`monitoring.evidently_report`), with the test and threshold the task gives it.
 
-    summary = check("digits", start, end)   # NotComputed when the window has too few rows
-    latest("digits")                        # the last stored check, or None
+    summary = check("digits", start, end, ...)   # TooFewRows when the window is too quiet
+    latest("digits")                             # the last stored check, or None
 
 A check's summary: the model, version, window, `drifted` (any feature drifted), `score` (the
 largest statistic / threshold: 1 or more is drift), each feature's test, and the task's view of
@@ -35,7 +35,7 @@ from sqlalchemy import and_, select
 from monitoring.schema import predictions
 from monitoring.settings import DriftSettings, PredictionLogSettings
 from monitoring.store import open_database
-from runners.errors import NotComputed, NotFound
+from runners.errors import NotComputed, NotFound, TooFewRows
 from runners.model import LoadedModel
 from runners.preprocessing import ImageLimits
 from runners.repository import CONFIG_FILE, DRIFT_REFERENCE, ModelEntry, read_model
@@ -211,7 +211,8 @@ def check(
     html: Path | None = None,
 ) -> dict[str, Any]:
     """Compare the log's window [start, end) of the served version with its reference;
-    NotComputed when the window holds fewer than `min_rows` answered images."""
+    TooFewRows when the window holds fewer than `min_rows` answered images, NotComputed when
+    the version has no reference."""
     entry, reference = read_reference(repository, family)
     names = [feature.name for feature in get_task(entry.task).drift_features]
     current = window(
@@ -224,7 +225,7 @@ def check(
     )
     count = len(current[names[0]])
     if count < min_rows:
-        raise NotComputed(
+        raise TooFewRows(
             f"{family} version {entry.version}: {count} answered images between "
             f"{_iso(start)} and {_iso(end)}, fewer than the {min_rows} a drift check needs"
         )

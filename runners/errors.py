@@ -161,3 +161,9 @@ class NotComputed(Conflict):
     with too few predictions in its window."""
 
     reason = "not_computed"
+
+
+class TooFewRows(NotComputed):
+    """A drift check's window with fewer answered images than it needs to judge."""
+
+    reason = "too_few_rows"

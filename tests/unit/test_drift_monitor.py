@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from monitoring import drift
 from monitoring.monitor import DriftMonitor
 from monitoring.schema import predictions
 from monitoring.settings import DriftSettings, PredictionLogSettings
 from monitoring.store import open_database
+from runners.errors import NotComputed
 from runners.repository import DRIFT_REFERENCE
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -83,3 +87,14 @@ def test_the_history_keeps_the_most_recent_checks(tmp_path: Path) -> None:
     assert [h["at"] for h in drift.history("digits", settings)] == [2.0, 3.0, 4.0]
     assert drift.latest("digits", settings) == summary
     assert drift.latest("cats", settings) is None and drift.history("cats", settings) == []
+
+
+def test_a_version_without_a_reference_fails_and_says_how_to_make_one(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(REPOSITORY / "digits_fp32", repository / "digits_fp32")
+    (repository / "digits_fp32" / DRIFT_REFERENCE).unlink()
+    with pytest.raises(NotComputed, match="python -m monitoring reference --model digits"):
+        drift.check("digits", 0, 1, repository=repository, min_rows=ROWS)
+    monitor, seen = _monitor(tmp_path / "data", repository=repository)
+    assert asyncio.run(monitor.check("digits")) == "failed"
+    assert seen == [("digits", None, "failed")]
