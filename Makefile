@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve bench-rollout bench-predictionlog bench-drift bench-overload compare observe dashboards fuzz soak clean
+.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve bench-rollout bench-predictionlog bench-drift bench-overload docs compare observe dashboards fuzz soak clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -107,6 +107,12 @@ bench-predictionlog: models
 DRIFT_ARGS ?= --windows 100 --rows 200
 bench-drift: setup
 	$(PY) -m bench.drift $(DRIFT_ARGS)
+
+## docs: render docs/performance.md's figures from the committed results (docs/results/);
+## make docs TAKE=results first copies the latest run's results/bench-*.json there
+TAKE ?=
+docs: setup
+	$(PY) -m bench.docs $(if $(TAKE),--take $(TAKE))
 
 ## bench-overload: the service offered 2.5x its measured capacity, fixed admission limit vs the
 ## latency bound (accepted p99 client- and server-side, shed ratio, CPU); results/bench-overload.json
