@@ -39,6 +39,7 @@ class Metrics:
     admission_limit: Any
     versions: VersionMetrics
     prediction_log: Any
+    started: Any
 
     def outcome(self, labels: dict[str, str], endpoint: str, error: ServingError | None) -> None:
         """Count one finished request (or one failed image of a batch request)."""
@@ -72,6 +73,8 @@ def _outcome(error: ServingError) -> tuple[str, str]:
 @functools.cache
 def metrics() -> Metrics:
     """The process's metrics, created once (the registry refuses duplicates)."""
+    import time
+
     from prometheus_client import Counter, Gauge, Histogram
 
     def histogram(
@@ -79,7 +82,7 @@ def metrics() -> Metrics:
     ) -> Histogram:
         return Histogram(name, doc, (*VARIANT_LABELS, *extra), buckets=buckets)
 
-    return Metrics(
+    found = Metrics(
         request_duration_ms=histogram(
             "imgserve_request_duration_ms",
             "End-to-end time of a classify request inside the entry service, in ms.",
@@ -137,7 +140,16 @@ def metrics() -> Metrics:
             "database refused them).",
             ("outcome",),
         ),
+        # The oldest live process: when the service as it runs now came up (the console's
+        # "up since"); a restarted worker does not move it while the others live.
+        started=Gauge(
+            "imgserve_started_seconds",
+            "Unix time the longest-running live process of the service started, in seconds.",
+            multiprocess_mode="livemin",
+        ),
     )
+    found.started.set(time.time())
+    return found
 
 
 def render_latest() -> tuple[bytes, str]:
