@@ -56,6 +56,24 @@
     return today ? time : `${date.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
   }
 
+  function variantRows(newest, previous) {
+    const tbody = document.querySelector("#variants tbody");
+    tbody.replaceChildren(
+      ...variants.map((v) => {
+        const mine = (l) => l.model === v.model && l.variant === v.variant;
+        const inFlight = C.total(newest.samples, "imgserve_in_flight_requests", mine);
+        const known = versions[v.model] || {};
+        return C.el("tr", {},
+          C.el("td", {}, v.model), C.el("td", {}, v.variant), C.el("td", {}, v.backend),
+          C.el("td", { class: "num" }, `v${known.champion ?? v.version}`),
+          C.el("td", { class: "num" }, known.challenger ? `v${known.challenger}` : "–"),
+          C.el("td", { class: ready ? "ok" : "bad" }, ready ? "ready" : "not ready"),
+          C.el("td", { class: "num" }, previous ? C.fixed(rate(previous, newest, requests, mine), 1) : "–"),
+          C.el("td", { class: "num" }, C.fixed(inFlight, 0)));
+      }),
+    );
+  }
+
   function render() {
     if (reads.length < 1) return;
     const newest = reads[reads.length - 1];
@@ -63,8 +81,9 @@
     C.set("up-since", started ? since(started) : "–");
     C.set("ready", ready === null ? "–" : ready ? "ready" : "not ready");
     document.getElementById("ready").className = `value ${ready ? "ok" : "bad"}`;
-    if (reads.length < 2) return;
-    const previous = reads[reads.length - 2];
+    const previous = reads.length > 1 ? reads[reads.length - 2] : null;
+    variantRows(newest, previous);
+    if (!previous) return;
     const minute = back(60);
     const five = back(KEEP_S);
     C.set("rps", C.fixed(rate(previous, newest, requests), 1));
@@ -84,22 +103,6 @@
     plots.latency.setData([history.t, history.p50, history.p99]);
     plots.errors.setData([history.t, history.errors, history.sheds]);
     for (const plot of Object.values(plots)) plot.setScale("x", { min: newest.t - KEEP_S, max: newest.t });
-
-    const tbody = document.querySelector("#variants tbody");
-    tbody.replaceChildren(
-      ...variants.map((v) => {
-        const mine = (l) => l.model === v.model && l.variant === v.variant;
-        const inFlight = C.total(newest.samples, "imgserve_in_flight_requests", mine);
-        const known = versions[v.model] || {};
-        return C.el("tr", {},
-          C.el("td", {}, v.model), C.el("td", {}, v.variant), C.el("td", {}, v.backend),
-          C.el("td", { class: "num" }, `v${known.champion ?? v.version}`),
-          C.el("td", { class: "num" }, known.challenger ? `v${known.challenger}` : "–"),
-          C.el("td", { class: ready ? "ok" : "bad" }, ready ? "ready" : "not ready"),
-          C.el("td", { class: "num" }, C.fixed(rate(previous, newest, requests, mine), 1)),
-          C.el("td", { class: "num" }, C.fixed(inFlight, 0)));
-      }),
-    );
   }
 
   async function describe() {
