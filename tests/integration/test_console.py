@@ -140,8 +140,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         stop_server(server)
 
 
-def upload(name: str, content: bytes) -> FilePayload:
-    return {"name": name, "mimeType": "image/png", "buffer": content}
+def upload(name: str, content: bytes, media_type: str = "image/png") -> FilePayload:
+    return {"name": name, "mimeType": media_type, "buffer": content}
 
 
 def digit(index: int) -> tuple[bytes, str]:
@@ -369,3 +369,123 @@ def test_actions_without_the_credential_are_refused(console: Console) -> None:
         assert cross.status_code == 400 and "imgserve_console=" not in cross.headers.get(
             "set-cookie", ""
         )
+
+
+# The drift and retraining endpoints come from other parts of the project. Until this service
+# serves them, the pages' side of their agreed contracts (docs/console.md) is checked with
+# answers given to the browser (`page.route`); every other request goes to the real service.
+DRIFT = {
+    "model": FAMILY,
+    "version": 2,
+    "window": {"start": "2026-12-05T06:00:00Z", "end": "2026-12-05T07:00:00Z", "count": 900},
+    "drifted": True,
+    "score": 0.42,
+    "features": [
+        {"name": "class", "test": "chi2", "statistic": 31.5, "threshold": 16.9, "drifted": True},
+        {"name": "confidence", "test": "ks", "statistic": 0.08, "threshold": 0.1, "drifted": False},
+    ],
+    "reference": {
+        "classes": {str(d): 0.1 for d in range(10)},
+        "confidence": {"edges": [0.0, 0.5, 0.9, 1.0], "shares": [0.02, 0.08, 0.9]},
+    },
+    "current": {
+        "classes": {**{str(d): 0.08 for d in range(9)}, "9": 0.28},
+        "confidence": {"edges": [0.0, 0.5, 0.9, 1.0], "shares": [0.1, 0.2, 0.7]},
+    },
+    "computed_at": "2026-12-05T07:00:05Z",
+}
+HISTORY = [
+    {"at": "2026-12-05T05:00:00Z", "score": 0.05, "drifted": False},
+    {"at": "2026-12-05T06:00:00Z", "score": 0.12, "drifted": False},
+    {"at": "2026-12-05T07:00:00Z", "score": 0.42, "drifted": True},
+]
+
+
+def test_monitoring_and_retrain_pages_follow_the_agreed_contracts(console: Console) -> None:
+    url = console.server.url
+    context = console.context()
+    try:
+        watched = console.login(context)
+        page = watched.page
+        page.route(re.compile(r"/v1/drift\?"), lambda route: route.fulfill(status=200, json=DRIFT))
+        page.route(
+            re.compile(r"/v1/drift/history\?"),
+            lambda route: route.fulfill(status=200, json=HISTORY),
+        )
+        page.goto(f"{url}/console/monitoring")
+        expect(page.locator("#drifted")).to_have_text("drifted")
+        expect(page.locator("#score")).to_have_text("0.420")
+        expect(page.locator("#features tbody tr")).to_have_count(2)
+        expect(page.locator("#classes .bar-row")).to_have_count(10)
+        expect(page.locator("#confidence .bar-row")).to_have_count(3)
+        assert page.get_attribute("#report", "href") == f"/v1/drift/report?model={FAMILY}"
+        assert page.is_hidden("#drift-missing")
+        console.shot(page, "monitoring")
+
+        states: Iterator[dict[str, Any]] = iter(
+            [
+                {"state": "queued", "phase": None, "progress": 0.0},
+                {"state": "running", "phase": "training", "progress": 0.5},
+                {"state": "gating", "phase": "gate", "progress": 0.9},
+                {
+                    "state": "registered",
+                    "phase": "done",
+                    "progress": 1.0,
+                    "verdict": {"passed": True, "fp32_top1": 0.99, "baseline_top1": 0.986},
+                    "version": 3,
+                },
+            ]
+        )
+        sent: dict[str, Any] = {}
+
+        def job(route: Any) -> None:
+            state = next(states, None) or {"state": "registered", "progress": 1.0, "version": 3}
+            body = {"job": "j1", "model": FAMILY, "started_at": 1.0, "finished_at": None,
+                    "verdict": None, "version": None, "log_tail": "epoch 1/1", **state}  # fmt: skip
+            route.fulfill(status=200, json=body)
+
+        def images(route: Any) -> None:
+            request = route.request
+            sent["upload"] = (request.headers, request.post_data_buffer)
+            route.fulfill(status=200, json={"model": FAMILY, "added": {"7": 1}})
+
+        def retrain(route: Any) -> None:
+            request = route.request
+            if request.method == "POST":
+                sent["start"] = (request.headers, request.post_data_json)
+                route.fulfill(status=202, json={"job": "j1", "state": "queued"})
+            else:
+                route.fulfill(status=200, json={"jobs": []})
+
+        page.route(re.compile(r"/admin/training-images\?"), images)
+        page.route(re.compile(r"/admin/retrain/j1$"), job)
+        page.route(re.compile(r"/admin/retrain(\?|$)"), retrain)
+        page.goto(f"{url}/console/retrain")
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as folders:
+            folders.writestr("7/a.png", digit(0)[0])
+        zipped = upload("more.zip", archive.getvalue(), "application/zip")
+        page.set_input_files("#zip", files=[zipped])
+        page.click("#upload-form button[type=submit]")
+        expect(page.locator("#upload-message")).to_contain_text("Uploaded")
+        headers, body = sent["upload"]
+        assert headers["content-type"] == "application/zip" and body == archive.getvalue()
+        assert headers["x-csrf-token"] == page.get_attribute("meta[name=csrf-token]", "content")
+        page.click("#start-form button[type=submit]")
+        expect(page.locator("#job[data-state=registered]")).to_have_count(1, timeout=20000)
+        headers, started = sent["start"]
+        assert started == {"model": FAMILY, "reason": "manual", "epochs": None}
+        assert "x-csrf-token" in headers
+        assert '"passed": true' in (page.text_content("#verdict") or "")
+        assert page.text_content("#job-version") == "v3"
+        # The registered version goes out through the real rollout API, and back by a click.
+        page.click("#job-actions")
+        expect(page.locator("#rollout-panel[data-state=rolling]")).to_have_count(1)
+        assert page.text_content("#challenger") == "v3"
+        console.shot(page, "retrain")
+        page.click("#rollback")
+        expect(page.locator("#rollout-panel[data-state=idle]")).to_have_count(1, timeout=60000)
+        assert status(console.server)["rollout"] is None
+        assert watched.clear() == []
+    finally:
+        context.close()
