@@ -10,6 +10,7 @@ else to the test's temporary folder.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -241,6 +242,24 @@ def test_a_digit_uploaded_on_try_it_shows_its_label_from_both_variants(console: 
         page.set_input_files("#files", files=[upload("notes.png", b"text")])
         page.locator("[data-file='notes.png'] .error").first.wait_for()
         assert "422" in (page.text_content("[data-file='notes.png'] .error") or "")
+        # Several images dropped at once (a DataTransfer, as a file manager's drag gives).
+        dropped = {f"drop{i}.png": digit(i) for i in (5, 6)}
+        transfer = page.evaluate_handle(
+            """(files) => {
+                const transfer = new DataTransfer();
+                for (const [name, b64] of files) {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    transfer.items.add(new File([bytes], name, { type: "image/png" }));
+                }
+                return transfer;
+            }""",
+            [[name, base64.b64encode(png).decode()] for name, (png, _) in dropped.items()],
+        )
+        page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+        for name, (_, truth) in dropped.items():
+            for variant in ("fp32", "int8"):
+                top1 = page.locator(f"[data-file='{name}'] [data-variant={variant}] .top1")
+                expect(top1).to_have_text(truth)
         problems = [p for p in watched.clear() if "422" not in p]
         assert problems == []
         console.shot(page, "try")
