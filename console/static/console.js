@@ -24,6 +24,14 @@ window.Console = (() => {
     return { status: response.status, ok: response.ok, data };
   }
 
+  // Run `work` (an async function) now, and every `period_ms` if given; a network failure
+  // (the service restarting, a navigation cancelling the request) is shown, not thrown.
+  function poll(work, period_ms) {
+    const run = () => work().catch((error) => status(`cannot reach the service: ${error.message}`));
+    run();
+    if (period_ms) setInterval(run, period_ms);
+  }
+
   function message(answer) {
     if (answer.data && typeof answer.data === "object" && answer.data.message) {
       return `${answer.status}: ${answer.data.message}`;
@@ -172,6 +180,6 @@ window.Console = (() => {
     return select && select.value ? select.value : (document.body.dataset.models || "").split(",")[0];
   }
 
-  return { api, message, el, set, status, parseMetrics, total, quantile, buckets, fixed, percent,
+  return { api, poll, message, el, set, status, parseMetrics, total, quantile, buckets, fixed, percent,
     megabytes, when, chart, bars, csrf, loggedIn, selectedModel };
 })();

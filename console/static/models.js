@@ -77,5 +77,5 @@
     for (const [, plot, variants] of sections) throughput(plot, variants);
   }
 
-  show();
+  C.poll(show);
 })();

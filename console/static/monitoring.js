@@ -61,6 +61,5 @@
   }
 
   document.getElementById("model").addEventListener("change", load);
-  load();
-  setInterval(load, 15000);
+  C.poll(load, 15000);
 })();

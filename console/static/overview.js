@@ -135,7 +135,7 @@
     }
   }
 
-  describe().then(tick);
+  C.poll(async () => { await describe(); await tick(); });
   setInterval(tick, PERIOD_MS);
-  setInterval(describe, 15000);
+  setInterval(() => C.poll(describe), 15000);
 })();

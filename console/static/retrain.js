@@ -89,5 +89,5 @@
   });
 
   // Reading the jobs needs the credential too: without a session the page shows the forms only.
-  if (C.loggedIn) listJobs();
+  if (C.loggedIn) C.poll(listJobs);
 })();

@@ -94,6 +94,6 @@
       : [C.el("p", { class: "hint" }, "Nothing waits for review.")]));
   }
 
-  modelSelect.addEventListener("change", load);
-  load();
+  modelSelect.addEventListener("change", () => C.poll(load));
+  C.poll(load);
 })();

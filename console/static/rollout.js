@@ -46,7 +46,6 @@ window.Rollout = (() => {
   rollback.addEventListener("click", () => act("rollback"));
   const select = document.getElementById("model");
   if (select) select.addEventListener("change", refresh);
-  refresh();
-  setInterval(refresh, 3000);
+  C.poll(refresh, 3000);
   return { refresh };
 })();

@@ -104,5 +104,5 @@
   drop.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
   });
-  load();
+  C.poll(load);
 })();

@@ -29,6 +29,7 @@ from playwright.sync_api import (
     ConsoleMessage,
     FilePayload,
     Page,
+    Request,
     expect,
     sync_playwright,
 )
@@ -57,6 +58,8 @@ PAGES = ("", "/try", "/models", "/monitoring", "/review", "/retrain", "/rollout"
 # Endpoints other parts of the project add (drift, retraining): until they are served, the
 # pages that use them show "not available" after a 404, which the browser logs as an error.
 OPTIONAL = ("/v1/drift", "/admin/retrain", "/admin/training-images")
+# Generous: a CI machine's two cores run the server, its workers and the browser at once.
+expect.set_options(timeout=20_000)
 
 
 @dataclass
@@ -83,10 +86,14 @@ def watch(context: BrowserContext, base: str) -> Watched:
 
     watched.page.on("console", console)
     watched.page.on("pageerror", lambda error: watched.problems.append(f"page error: {error}"))
-    watched.page.on(
-        "requestfailed",
-        lambda request: watched.problems.append(f"failed: {request.url} {request.failure}"),
-    )
+
+    def failed(request: Request) -> None:
+        # A page's polling request still in flight when the test moves on is cancelled by the
+        # navigation (net::ERR_ABORTED): the browser's doing, not the service's.
+        if request.failure != "net::ERR_ABORTED":
+            watched.problems.append(f"failed: {request.url} {request.failure}")
+
+    watched.page.on("requestfailed", failed)
     return watched
 
 
