@@ -26,6 +26,7 @@ window.Rollout = (() => {
     C.set("decide", r ? (r.decide ? "yes" : "no (manual)") : "–");
     C.set("watched", state.data.watched_for_s === null ? "–" : `${state.data.watched_for_s} s`);
     promote.disabled = rollback.disabled = !(r && C.loggedIn);
+    document.getElementById("start").disabled = Boolean(r) || !C.loggedIn;
     document.getElementById("rollout-panel").dataset.state = r ? "rolling" : "idle";
     document.querySelector("#decisions tbody").replaceChildren(
       ...state.data.decisions.slice().reverse().map((d) => C.el("tr", {},
@@ -42,6 +43,23 @@ window.Rollout = (() => {
     await refresh();
   }
 
+  document.getElementById("start-rollout").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const value = (id) => document.getElementById(id).value;
+    C.set("rollout-message", "starting…");
+    const answer = await C.api("/admin/rollout", {
+      method: "POST",
+      json: {
+        model: C.selectedModel(),
+        version: Number(value("rollout-version")),
+        canary_share: Number(value("canary-share")),
+        shadow_share: Number(value("shadow-share")),
+        decide: value("rollout-decide") === "yes",
+      },
+    });
+    C.set("rollout-message", answer.ok ? `rolling out v${value("rollout-version")}` : C.message(answer));
+    await refresh();
+  });
   promote.addEventListener("click", () => act("promote"));
   rollback.addEventListener("click", () => act("rollback"));
   const select = document.getElementById("model");

@@ -321,32 +321,34 @@ def test_an_item_labelled_in_review_is_labelled_through_the_api(console: Console
 
 
 def test_promote_and_rollback_are_driven_by_clicks(console: Console) -> None:
-    with httpx.Client(base_url=f"{console.server.url}/admin", timeout=60) as admin:
-        context = console.context()
-        try:
-            watched = console.login(context)
-            page = watched.page
-            for version, button, decision in (
-                (2, "#promote", "promote"),
-                (3, "#rollback", "rollback"),
-            ):
-                body = {"model": FAMILY, "version": version, "canary_share": 0.2, "decide": False}
-                started = admin.post("/rollout", json=body, headers=ADMIN)
-                assert started.status_code == 200, started.text
-                page.goto(f"{console.server.url}/console/rollout")
-                page.wait_for_selector("#rollout-panel[data-state=rolling]")
-                assert page.text_content("#challenger") == f"v{version}"
-                if version == 2:
-                    console.shot(page, "rollout")
-                page.click(button)
-                page.wait_for_selector("#rollout-panel[data-state=idle]", timeout=60000)
-                state = status(console.server)
-                assert state["rollout"] is None
-                assert state["decisions"][-1]["decision"] == decision
-                assert state["decisions"][-1]["figures"]["version"] == version
-            assert watched.clear() == []
-        finally:
-            context.close()
+    context = console.context()
+    try:
+        watched = console.login(context)
+        page = watched.page
+        steps = ((2, "#promote", "promote"), (3, "#rollback", "rollback"))
+        for version, button, decision in steps:
+            page.goto(f"{console.server.url}/console/rollout")
+            page.wait_for_selector("#rollout-panel[data-state=idle]")
+            page.fill("#rollout-version", str(version))
+            page.fill("#canary-share", "0.2")
+            page.select_option("#rollout-decide", "no")
+            page.click("#start")
+            page.wait_for_selector("#rollout-panel[data-state=rolling]", timeout=60000)
+            assert page.text_content("#challenger") == f"v{version}"
+            rollout = status(console.server)["rollout"]
+            assert rollout["challenger"] == version and rollout["canary_share"] == 0.2
+            assert rollout["decide"] is False
+            if version == 2:
+                console.shot(page, "rollout")
+            page.click(button)
+            page.wait_for_selector("#rollout-panel[data-state=idle]", timeout=60000)
+            state = status(console.server)
+            assert state["rollout"] is None
+            assert state["decisions"][-1]["decision"] == decision
+            assert state["decisions"][-1]["figures"]["version"] == version
+        assert watched.clear() == []
+    finally:
+        context.close()
 
 
 def test_actions_without_the_credential_are_refused(console: Console) -> None:
@@ -357,6 +359,7 @@ def test_actions_without_the_credential_are_refused(console: Console) -> None:
         page = watched.page
         page.goto(f"{url}/console/rollout")
         assert page.is_disabled("#promote") and page.is_disabled("#rollback")
+        assert page.is_disabled("#start")
         refused = page.evaluate(
             "fetch('/admin/promote', {method: 'POST', headers: {'Content-Type': "
             "'application/json'}, body: '{}'}).then(r => r.status)"
