@@ -56,6 +56,15 @@
     return today ? time : `${date.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
   }
 
+  // Requests/s each loaded version answered (imgserve_version_requests_total): during a
+  // rollout, the champion's and the challenger's shares as they are served.
+  function byVersion(previous, newest, mine) {
+    const name = "imgserve_version_requests_total";
+    const versions = [...new Set(newest.samples.filter((s) => s.name === name && mine(s.labels)).map((s) => s.labels.version))];
+    versions.sort((a, b) => Number(a) - Number(b));
+    return versions.map((v) => `v${v} ${C.fixed(rate(previous, newest, name, (l) => mine(l) && l.version === v), 1)}`).join(" · ") || "–";
+  }
+
   function variantRows(newest, previous) {
     const tbody = document.querySelector("#variants tbody");
     tbody.replaceChildren(
@@ -69,6 +78,7 @@
           C.el("td", { class: "num" }, known.challenger ? `v${known.challenger}` : "–"),
           C.el("td", { class: ready ? "ok" : "bad" }, ready ? "ready" : "not ready"),
           C.el("td", { class: "num" }, previous ? C.fixed(rate(previous, newest, requests, mine), 1) : "–"),
+          C.el("td", { class: "num" }, previous ? byVersion(previous, newest, mine) : "–"),
           C.el("td", { class: "num" }, C.fixed(inFlight, 0)));
       }),
     );
