@@ -47,7 +47,6 @@ class Page:
     path: str
     template: str
     title: str
-    needs_login: bool = False  # the page is all admin API: nothing to show without it
 
 
 PAGES = (
@@ -55,7 +54,7 @@ PAGES = (
     Page("/try", "try.html", "Try it"),
     Page("/models", "models.html", "Models"),
     Page("/monitoring", "monitoring.html", "Monitoring"),
-    Page("/review", "review.html", "Review", needs_login=True),
+    Page("/review", "review.html", "Review"),
     Page("/retrain", "retrain.html", "Retrain"),
     Page("/rollout", "rollout.html", "Rollout"),
 )
@@ -117,7 +116,7 @@ def console_router(settings: ServingSettings) -> APIRouter:
         async def show(request: Request) -> Response:
             if not settings.console_open and session_of(request) is None:
                 return secured(RedirectResponse(_login_url(request.url.path), 303))
-            return render(request, page.template, page.title, needs_login=page.needs_login)
+            return render(request, page.template, page.title)
 
         return show
 
