@@ -46,6 +46,7 @@
     },
     C.el("img", { src: entry.image, alt: `queued image ${entry.id}`, width: 96, height: 96, loading: "lazy" }),
     C.el("p", {}, "Guess ", C.el("strong", {}, entry.guess), ` (${C.percent(entry.score)}) · ${entry.variant} v${entry.version}`),
+    entry.why ? C.el("p", { class: "hint why" }, entry.why) : null,
     C.el("div", { class: "label-buttons" }, labels.map((label, i) => C.el("button", {
       type: "button", class: label === entry.guess ? "guess" : "", "data-label": label,
       title: i < 10 ? `key ${i}` : null,
