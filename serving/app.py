@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from console.routes import console_router
 from runners.errors import BadInput, DeadlineExceeded, NotFound, ServingError
 from runners.tasks import ROUTES, AnswerOptions
 from serving.admin import admin_router
@@ -293,6 +294,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
     app.include_router(admin_router(settings))
     app.include_router(drift_router(settings))
+    app.include_router(console_router(settings))
     app.add_middleware(FastPath, answer=answer)
     app.state.answer = answer  # for a FastPath outside the app (service.serve_first)
     return app

@@ -43,6 +43,7 @@ class Metrics:
     drift_detected: Any
     drift_predictions: Any
     drift_checks: Any
+    started: Any
 
     def outcome(self, labels: dict[str, str], endpoint: str, error: ServingError | None) -> None:
         """Count one finished request (or one failed image of a batch request)."""
@@ -76,6 +77,8 @@ def _outcome(error: ServingError) -> tuple[str, str]:
 @functools.cache
 def metrics() -> Metrics:
     """The process's metrics, created once (the registry refuses duplicates)."""
+    import time
+
     from prometheus_client import Counter, Gauge, Histogram
 
     def histogram(
@@ -83,7 +86,7 @@ def metrics() -> Metrics:
     ) -> Histogram:
         return Histogram(name, doc, (*VARIANT_LABELS, *extra), buckets=buckets)
 
-    return Metrics(
+    found = Metrics(
         request_duration_ms=histogram(
             "imgserve_request_duration_ms",
             "End-to-end time of a classify request inside the entry service, in ms.",
@@ -167,7 +170,16 @@ def metrics() -> Metrics:
             "Drift checks by outcome: computed, too_few_rows (a quiet window) or failed.",
             ("model", "outcome"),
         ),
+        # The oldest live process: when the service as it runs now came up (the console's
+        # "up since"); a restarted worker does not move it while the others live.
+        started=Gauge(
+            "imgserve_started_seconds",
+            "Unix time the longest-running live process of the service started, in seconds.",
+            multiprocess_mode="livemin",
+        ),
     )
+    found.started.set(time.time())
+    return found
 
 
 def render_latest() -> tuple[bytes, str]:

@@ -97,6 +97,19 @@ class ServingSettings(ProjectSettings):
     admin_token_file: Path | None = Field(
         default=None, description="A file holding the admin credential (a mounted secret)."
     )
+    console_session_s: float = Field(
+        default=8 * 3600.0,
+        gt=0,
+        description="Lifetime of a web console login (its session cookie), in seconds.",
+    )
+    console_open: bool = Field(
+        default=True,
+        description="The console's read-only pages need no login; False: every page does.",
+    )
+    console_secure_cookie: bool = Field(
+        default=False,
+        description="Mark the console's session cookie Secure (set it when served over HTTPS).",
+    )
     rollout_controller: bool = Field(
         default=True, description="Judge rollouts in this server and promote or roll back."
     )

@@ -39,3 +39,17 @@ def test_bento_includes_every_module_the_service_imports() -> None:
     }
     assert "service.py" in files and "lifecycle/consistency.py" in files
     assert not [f for f in sorted(files) if not spec.match_file(f)]
+
+
+def test_bento_includes_the_console_templates_and_static_files() -> None:
+    """The console reads these at run time: no import lists them."""
+    include = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["include"]
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", include)
+    files = [
+        path.relative_to(ROOT).as_posix()
+        for folder in ("console/templates", "console/static")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file()
+    ]
+    assert "console/static/vendor/uPlot.iife.min.js" in files
+    assert not [f for f in files if not spec.match_file(f)]
