@@ -66,6 +66,8 @@ class PublishRequest:
     calibration_description: str
     load_profile: bool = False
     output_kind: str = "logits"
+    # The file the user named, in messages (fp32_onnx may be a rewritten copy of it).
+    source_name: str | None = None
     # How the served FP32 file matches the model's original pipeline, when checked.
     parity: str | None = None
     # None: each variant prefers the backend measured fastest for it at publish time
@@ -255,7 +257,7 @@ def publish(request: PublishRequest) -> ModelCard:
             candidates.append((candidate, out, pred))
         if not candidates:
             raise ModelImportError(
-                f"{request.fp32_onnx.name}: no INT8 quantizer succeeded ("
+                f"{request.source_name or request.fp32_onnx}: no INT8 quantizer succeeded ("
                 + "; ".join(f"{f.method}: {f.reason}" for f in failures)
                 + "); fix the cause named, or try another with --quantizers "
                 + ",".join(QUANTIZERS)

@@ -50,6 +50,14 @@ def quantize_onnxruntime(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    opset = opset_of(onnx.load(str(fp32), load_external_data=False))
+    if opset < PER_CHANNEL_OPSET:
+        # Below 13 QuantizeLinear has no axis: ORT writes per-channel nodes anyway and the
+        # file does not load. Said here, in a line, instead of as ORT's InvalidGraph.
+        raise ValueError(
+            f"per-channel QDQ needs opset {PER_CHANNEL_OPSET} and the graph is opset {opset}; "
+            f"import it with --opset {PER_CHANNEL_OPSET}"
+        )
     name = _input_name(fp32)
     fixed = _fixed_batch(fp32)
     # A pinned batch axis accepts only that many rows per call; a partial last chunk is dropped.

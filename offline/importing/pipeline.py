@@ -315,6 +315,7 @@ def import_model(
             reproduce="",  # set below, from the request itself
             output_kind=kind,
             parity=parity,
+            source_name=str(model),
             preferred_backend=preferred_backend,
             quantizers=tuple(quantizers),
             measure_batch_sizes=sizes or (1,),
