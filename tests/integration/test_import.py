@@ -464,8 +464,8 @@ def text_line(rng: np.random.Generator) -> Image.Image:
         rows, cols = int(rng.integers(2, height // 2 + 3)), int(rng.integers(2, 12))
         pixels[top : top + rows, left : left + cols] = rng.integers(0, 60)
     block = max(2, width // 5)
-    cols = slice(0, block) if rng.integers(0, 2) == 0 else slice(width - block, width)
-    pixels[height // 4 : 3 * height // 4, cols, 0] = 250
+    end = slice(0, block) if rng.integers(0, 2) == 0 else slice(width - block, width)
+    pixels[height // 4 : 3 * height // 4, end, 0] = 250
     return Image.fromarray(pixels.astype(np.uint8))
 
 
