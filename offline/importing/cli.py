@@ -195,6 +195,10 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
     )
     log.info("published %s_fp32 and %s_int8: %s", card.family, card.family, card.gate.explain())
+    if card.files.int8_size_note:
+        log.warning("%s_int8: %s", card.family, card.files.int8_size_note)
+    for failure in card.built.failed:
+        log.warning("%s: quantizer %s failed: %s", card.family, failure.method, failure.reason)
     return 0
 
 
