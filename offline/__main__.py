@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import":
         # Every failure of an import ends in one line; --debug adds the traceback.
         return importing.report_failures(
-            lambda: args.handler(args) or 0, debug=getattr(args, "debug", False)
+            lambda: args.handler(args) or 0, subject=args.model, debug=args.debug
         )
     try:
         args.handler(args)

@@ -209,10 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    return report_failures(lambda: run(args), debug=args.debug)
+    return report_failures(lambda: run(args), subject=args.model, debug=args.debug)
 
 
-def report_failures(action: Callable[[], int], *, debug: bool) -> int:
+def report_failures(action: Callable[[], int], *, subject: Path, debug: bool) -> int:
     """Run the command; any failure ends in one line on stderr and exit status 2, its
     traceback only with --debug. A refusal is worded where it is raised; anything else
     (a toolkit's own error) is named with its type and where it came from."""
@@ -230,8 +230,8 @@ def report_failures(action: Callable[[], int], *, debug: bool) -> int:
     except Exception as exc:
         failure = exc
         line = (
-            f"{failure_reason(exc)} (not a check of the import: rerun with --debug for the "
-            "traceback, and report it)"
+            f"{subject}: {failure_reason(exc)} (not a check of the import: rerun with --debug "
+            "for the traceback, and report it)"
         )
     log.error("error: %s", line, exc_info=failure if debug else None)
     return 2

@@ -140,6 +140,9 @@ def _reproduce(
     calibration: Path,
     validation: Path | None,
     requested: Batching,
+    opset: int | None = None,
+    reference_files: tuple[Path, Path] | None = None,
+    min_parity: float = DEFAULT_MIN_PARITY,
 ) -> str:
     """The command line that imports the same file into the same variants again; it asks
     for the batching the user asked for, since whether the graph allows it is re-derived."""
@@ -172,6 +175,10 @@ def _reproduce(
     words += ["--quantizers", ",".join(request.quantizers)]
     words += ["--max-drop-points", f"{request.thresholds.max_drop_points:g}"]
     words += ["--min-agreement", f"{request.thresholds.min_agreement:g}"]
+    if opset is not None:
+        words += ["--opset", str(opset)]
+    if reference_files is not None:
+        words += ["--reference", *map(str, reference_files), "--min-parity", f"{min_parity:g}"]
     return ".venv/bin/" + shlex.join(words)
 
 
@@ -336,5 +343,8 @@ def import_model(
             calibration=calibration,
             validation=validation,
             requested=batching,
+            opset=opset,
+            reference_files=reference_files,
+            min_parity=min_parity,
         )
         return publish(request)
