@@ -678,3 +678,15 @@ def test_the_import_quantizes_without_the_train_extra(
     assert {c["method"] for c in card["built"]["candidates"]} == set(QUANTIZERS)
     assert "torch" not in card["built"]["tool_versions"]
     assert "converted from opset 11 to 13" in card["built"]["how"]
+
+
+def test_debug_adds_the_traceback_to_the_one_line(
+    tmp_path: Path, text_data: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = _text_argv(text_data, tmp_path / "repo", *PADDLE_FLAGS, "--output-kind", "logits")
+    assert main(argv) == 2
+    assert caplog.records[-1].exc_info is None
+    assert main([*argv, "--debug"]) == 2
+    record = caplog.records[-1]
+    assert "comes from a Softmax" in record.getMessage()
+    assert record.exc_info is not None
