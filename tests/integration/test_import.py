@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from PIL import Image
 
 from offline.importing import import_model, main
@@ -626,6 +629,8 @@ def test_a_flag_contradicting_the_graph_is_refused(
 
 BLOCK_TORCH = '''\
 """Hides torch, as an install without the train extra has none (test_import)."""
+import atexit
+import os
 import sys
 from importlib.machinery import PathFinder
 
@@ -646,21 +651,64 @@ class _WithoutTorch(PathFinder):
 
 
 sys.meta_path[:] = [_WithoutTorch if f is PathFinder else f for f in sys.meta_path]
+_AT_START = set(sys.modules)  # the interpreter's own start (site, .pth files)
+
+
+@atexit.register
+def _record_imports():
+    """Every top-level module this process imported, for the test to match to packages."""
+    names = sorted({name.split(".")[0] for name in set(sys.modules) - _AT_START})
+    with open(os.environ["IMPORTS_FILE"], "w") as out:
+        out.write("\\n".join(names))
 '''
+
+
+def _installed_by(requirements: list[str]) -> set[str]:
+    """Every distribution that installing `requirements` brings in, by the installed
+    packages' own metadata (extras followed)."""
+    names: set[str] = set()
+    visited: set[tuple[str, frozenset[str]]] = set()
+    stack = [Requirement(text) for text in requirements]
+    while stack:
+        requirement = stack.pop()
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
+        if key in visited:
+            continue
+        visited.add(key)
+        names.add(key[0])
+        try:
+            requires = metadata.requires(requirement.name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            sub = Requirement(text)
+            extras = {*requirement.extras, ""}
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                stack.append(sub)
+    return names
 
 
 def test_the_import_quantizes_without_the_train_extra(
     tmp_path: Path, text_data: dict[str, Path]
 ) -> None:
     """torch (the train extra) pulls in packages the base install must declare itself:
-    the import runs with torch made unimportable, every quantizer included."""
+    the import runs with torch made unimportable, every quantizer included, and every
+    package it imports comes with the base install and the build extra (make setup)."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     declared = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
     assert {"sympy", "onnx", "onnxruntime", "numpy"} <= declared
+    setup = _installed_by(
+        [*project["dependencies"], *project["optional-dependencies"]["build"]]
+    ) | {canonicalize_name(project["name"])}
     blocker = tmp_path / "no_torch"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(BLOCK_TORCH)
-    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{REPO_ROOT}"}
+    imports = tmp_path / "imports.txt"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{blocker}{os.pathsep}{REPO_ROOT}",
+        "IMPORTS_FILE": str(imports),
+    }
     hidden = subprocess.run(
         [sys.executable, "-c", "import torch"],
         check=False, env=env, capture_output=True, text=True, timeout=120,
@@ -678,6 +726,13 @@ def test_the_import_quantizes_without_the_train_extra(
     assert {c["method"] for c in card["built"]["candidates"]} == set(QUANTIZERS)
     assert "torch" not in card["built"]["tool_versions"]
     assert "converted from opset 11 to 13" in card["built"]["how"]
+    owners = metadata.packages_distributions()
+    undeclared = {
+        module: owners[module]
+        for module in imports.read_text().split()
+        if module in owners and not {canonicalize_name(d) for d in owners[module]} & setup
+    }
+    assert not undeclared, f"imported, but not installed by make setup: {undeclared}"
 
 
 def test_debug_adds_the_traceback_to_the_one_line(
