@@ -619,8 +619,8 @@ def _resample(pixels: np.ndarray, size: tuple[int, int], kind: str) -> np.ndarra
     cols, col_w = _taps(pixels.shape[1], size[0], kind)
     if kind == "bilinear":
         return _bilinear_fixed_point(pixels, rows, row_w, cols, col_w)
-    source = pixels.astype(np.float32)
-    tall = np.einsum("otwc,ot->owc", source[rows], row_w.astype(np.float32))
+    # Only the source rows the taps read are converted: a large photo is never widened whole.
+    tall = np.einsum("otwc,ot->owc", pixels[rows].astype(np.float32), row_w.astype(np.float32))
     wide = np.einsum("hotc,ot->hoc", tall[:, cols], col_w.astype(np.float32))
     return np.clip(np.rint(wide), 0, 255).astype(np.uint8)
 
@@ -631,12 +631,17 @@ def _bilinear_fixed_point(
     """OpenCV's 8-bit INTER_LINEAR arithmetic: 11-bit weights, a horizontal pass kept in
     integers, then a vertical pass with its shifts and rounding, so that the pixels match
     OpenCV's rather than a float resize's (which differ by 1 in about a tenth of them)."""
-    row_w = np.rint(row_w * _COEF_SCALE).astype(np.int64)
-    col_w = np.rint(col_w * _COEF_SCALE).astype(np.int64)
-    wide = np.einsum("hotc,ot->hoc", pixels.astype(np.int64)[:, cols], col_w)
-    top, bottom = wide[rows[:, 0]] >> 4, wide[rows[:, 1]] >> 4
-    upper = (row_w[:, 0, np.newaxis, np.newaxis] * top) >> 16
-    lower = (row_w[:, 1, np.newaxis, np.newaxis] * bottom) >> 16
+    # int32 holds every sum: 255 x 2048 after the first pass, 2048 x (that >> 4) in the second.
+    row_w = np.rint(row_w * _COEF_SCALE).astype(np.int32)
+    col_w = np.rint(col_w * _COEF_SCALE).astype(np.int32)
+    # The horizontal pass over only the source rows the vertical taps read.
+    source = pixels[rows.reshape(-1)].astype(np.int32)
+    wide = (
+        source[:, cols[:, 0]] * col_w[np.newaxis, :, 0, np.newaxis]
+        + source[:, cols[:, 1]] * col_w[np.newaxis, :, 1, np.newaxis]
+    ).reshape(len(rows), 2, len(cols), pixels.shape[2])
+    upper = (row_w[:, 0, np.newaxis, np.newaxis] * (wide[:, 0] >> 4)) >> 16
+    lower = (row_w[:, 1, np.newaxis, np.newaxis] * (wide[:, 1] >> 4)) >> 16
     return np.clip((upper + lower + 2) >> 2, 0, 255).astype(np.uint8)
 
 
