@@ -76,7 +76,7 @@ OutputKind = Literal["logits", "probabilities"]
 def detect_output_kind(
     model: onnx.ModelProto, signature: Signature, requested: OutputKind | None, path: Path
 ) -> tuple[OutputKind, str]:
-    """The output kind the graph shows (a final Softmax: probabilities), and how it was told.
+    """The output kind the graph shows (a final Softmax: probabilities), and where it comes from.
 
     A flag that contradicts the graph is refused: softmax applied to probabilities again
     would flatten every score toward 1/classes without a word.
@@ -233,7 +233,7 @@ def import_model(
     onnx_model, signature = inspect_model(model)
     fields = spec.model_dump() if isinstance(spec, PreprocessSpec) else dict(spec or {})
     resolved = resolve_spec(fields, signature, model, spec_source)
-    fixed_model, signature, dim_notes = with_fixed_dims(
+    fixed_model, signature, rewrites = with_fixed_dims(
         onnx_model, signature, (None, *resolved.sample_shape)
     )
     kind, kind_note = detect_output_kind(onnx_model, signature, output_kind, model)
@@ -246,7 +246,7 @@ def import_model(
                 f"{opset_of(onnx_model)} to {opset} ({failure_reason(exc)}); import it "
                 "without --opset"
             ) from exc
-        dim_notes.append(
+        rewrites.append(
             f"the graph is converted from opset {opset_of(onnx_model)} to {opset} by "
             "onnx.version_converter (same outputs on the calibration probe)"
         )
@@ -260,7 +260,7 @@ def import_model(
     probe = np.resize(calib.samples, (PROBE_ROWS, *calib.samples.shape[1:]))
     with tempfile.TemporaryDirectory(prefix=f"import-{name}-") as scratch:
         source = model
-        if dim_notes:
+        if rewrites:
             source = Path(scratch) / "source.onnx"
             onnx.save(fixed_model, str(source))
         plan, reference = plan_batching(
@@ -272,7 +272,7 @@ def import_model(
             want_unbatched=batching.max_batch_size == 0,
             display=model,
         )
-        if opset is not None and dim_notes:
+        if opset is not None and rewrites:
             _check_converted(model, probe, reference)
         _check_outputs(reference, label_names, labels, model, kind)
         parity = None
@@ -314,7 +314,7 @@ def import_model(
             how_built=" ".join(
                 [
                     _provenance(model, onnx_model),
-                    *(f"{note[0].upper()}{note[1:]}." for note in dim_notes),
+                    *(f"{note[0].upper()}{note[1:]}." for note in rewrites),
                     plan.note,
                     f"Output kind: {kind_note}.",
                 ]
