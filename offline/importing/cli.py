@@ -1,13 +1,16 @@
 """The `import` command line: check a user's ONNX image classifier, then publish it like ours.
 
     python -m offline import model.onnx --name flowers --labels labels.txt \\
-        --calibration calib/ [--validation val/] [--spec spec.json] [--height 224 ...]
+        --calibration calib/ [--validation val/] [--spec spec.json] [--height 224 ...] \\
+        [--reference ref_images/ reference.npz]
 
 Every check runs before anything is written: the file is ONNX and an image classifier
 (one 4-D float32 input, one 2-D [batch, classes] output), the preprocessing spec matches
 the input's dims, the labels match the classes, and every image decodes. A graph that pins
 batch 1 is made dynamic when that provably gives the same rows, else served unbatched.
-Then `offline.publish` quantizes, gates, measures and writes both variants.
+With --reference, the served FP32 file must agree with the model's original pipeline on
+the reference images (--min-parity). Then `offline.publish` quantizes, gates, measures and
+writes both variants. Every failure ends in one line; --debug adds the traceback.
 """
 
 from __future__ import annotations
