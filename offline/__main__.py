@@ -236,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     heldout.set_defaults(handler=_heldout)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.command == "import":
+        # Every failure of an import ends in one line; --debug adds the traceback.
+        return importing.report_failures(
+            lambda: args.handler(args) or 0, subject=args.model, debug=args.debug
+        )
     try:
         args.handler(args)
     except ServingError as exc:

@@ -24,6 +24,13 @@ class Candidate(BaseModel):
     images_per_s: float = Field(description="ONNX Runtime, in-process, at probe_batch_size.")
 
 
+class QuantizerFailure(BaseModel):
+    """An INT8 quantization that did not produce a file, and why (its first line)."""
+
+    method: str
+    reason: str
+
+
 class BuildInfo(BaseModel):
     how: str
     reproduce: str
@@ -31,6 +38,9 @@ class BuildInfo(BaseModel):
     quantization_method: str
     why_this_method: str
     candidates: list[Candidate]
+    failed: list[QuantizerFailure] = Field(
+        default_factory=list, description="Quantizers that failed; the others still ran."
+    )
     tool_versions: dict[str, str]
 
 
@@ -46,6 +56,10 @@ class Evaluation(BaseModel):
     backend_agreement: dict[str, float] = Field(
         description="Per variant: share of inputs where OpenVINO and ONNX Runtime agree on top-1."
     )
+    parity: str | None = Field(
+        default=None,
+        description="The served FP32 file against the model's original pipeline (--reference).",
+    )
 
 
 class PerfRow(BaseModel):
@@ -60,6 +74,9 @@ class PerfRow(BaseModel):
 class Files(BaseModel):
     fp32_bytes: int
     int8_bytes: int | None
+    int8_size_note: str | None = Field(
+        default=None, description="Why the INT8 file is not smaller than FP32, when it is not."
+    )
     bf16_bytes: int | None = Field(default=None, description="The FP32 file, hard-linked.")
 
 
@@ -124,7 +141,8 @@ def _pct(value: float | None) -> str:
 def _int8_size(files: Files) -> str:
     if files.int8_bytes is None:
         return "not published"
-    return f"{files.int8_bytes / 1e6:.2f} MB ({files.int8_bytes / files.fp32_bytes:.0%} of FP32)"
+    size = f"{files.int8_bytes / 1e6:.2f} MB ({files.int8_bytes / files.fp32_bytes:.0%} of FP32)"
+    return f"{size}: {files.int8_size_note}" if files.int8_size_note else size
 
 
 def _bf16(card: ModelCard) -> str:
@@ -163,6 +181,7 @@ def render_markdown(card: ModelCard) -> str:
             f"| OpenVINO/ONNX Runtime agreement ({v}) | {_pct(a)} |"
             for v, a in e.backend_agreement.items()
         ),
+        *([f"| parity with the original pipeline | {e.parity} |"] if e.parity else []),
         f"| accuracy gate | {'passed' if card.gate.passed else 'FAILED'}: {card.gate.explain()} |",
         f"| FP32 file | {f.fp32_bytes / 1e6:.2f} MB |",
         f"| INT8 file | {_int8_size(f)} |",
@@ -185,6 +204,8 @@ def render_markdown(card: ModelCard) -> str:
             for c in card.built.candidates
         ),
         "",
+        *(f"Failed: **{f.method}**: {f.reason}" for f in card.built.failed),
+        *([""] if card.built.failed else []),
         "Tools: " + ", ".join(f"{k} {v}" for k, v in card.built.tool_versions.items()),
         "",
         "## Raw in-process performance",

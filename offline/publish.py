@@ -27,13 +27,15 @@ from offline.card import (
     Files,
     ModelCard,
     PerfRow,
+    QuantizerFailure,
     describe_machine,
     tool_versions,
 )
 from offline.evaluate import agreement, predict_top1, top1_accuracy
 from offline.gate import GateThresholds, enforce, evaluate_gate
-from offline.quantize import QUANTIZERS
+from offline.quantize import QUANTIZERS, failure_reason, size_note
 from runners.backends import BACKENDS, create_backend
+from runners.errors import ModelImportError
 from runners.model import LoadedModel
 from runners.precision import DESCRIPTIONS, bf16_unavailable, this_cpu
 from runners.preprocessing import PreprocessSpec
@@ -73,6 +75,10 @@ class PublishRequest:
     calibration_description: str
     load_profile: bool = False
     output_kind: str = "logits"
+    # The file the user named, in messages (fp32_onnx may be a rewritten copy of it).
+    source_name: str | None = None
+    # How the served FP32 file matches the model's original pipeline, when checked.
+    parity: str | None = None
     # None: each variant prefers the backend measured fastest for it at publish time
     # (NNCF's INT8 graphs, for one, run far faster on OpenVINO than on ONNX Runtime).
     preferred_backend: str | None = None
@@ -231,11 +237,21 @@ def publish(request: PublishRequest) -> ModelCard:
             else None
         )
         candidates: list[tuple[Candidate, Path, np.ndarray]] = []
+        failures: list[QuantizerFailure] = []
         for method in request.quantizers:
             out = Path(scratch) / f"int8_{method}.onnx"
             log.info("%s: quantizing with %s", request.family, method)
-            QUANTIZERS[method](request.fp32_onnx, out, request.calibration)
-            pred = predict_top1(out, request.validation)
+            # One quantizer failing inside its own toolkit (shape inference, an operator it
+            # does not know, a missing package) leaves the others to run; the card says why.
+            try:
+                QUANTIZERS[method](request.fp32_onnx, out, request.calibration)
+                pred = predict_top1(out, request.validation)
+            except Exception as exc:
+                reason = failure_reason(exc)
+                log.warning("%s: quantizer %s failed: %s", request.family, method, reason)
+                log.debug("%s: quantizer %s failed", request.family, method, exc_info=True)
+                failures.append(QuantizerFailure(method=method, reason=reason))
+                continue
             top1 = (
                 top1_accuracy(pred, request.validation_labels)
                 if labelled and request.validation_labels is not None
@@ -251,7 +267,18 @@ def publish(request: PublishRequest) -> ModelCard:
             )
             log.info("%s: %s", request.family, candidate)
             candidates.append((candidate, out, pred))
+        if not candidates:
+            raise ModelImportError(
+                f"{request.source_name or request.fp32_onnx}: no INT8 quantizer succeeded ("
+                + "; ".join(f"{f.method}: {f.reason}" for f in failures)
+                + "); fix the cause named, or try another with --quantizers "
+                + ",".join(QUANTIZERS)
+            )
         chosen, int8_path, int8_pred = _choose(candidates, by_speed=request.load_profile)
+        fp32_bytes = request.fp32_onnx.stat().st_size
+        int8_note = size_note(request.fp32_onnx, int8_path, chosen.bytes, fp32_bytes)
+        if int8_note:
+            log.warning("%s: %s", request.family, int8_note)
         if len(candidates) == 1:
             why = "The only method requested."
         elif request.load_profile:
@@ -301,6 +328,7 @@ def publish(request: PublishRequest) -> ModelCard:
                 quantization_method=chosen.method,
                 why_this_method=why,
                 candidates=[c for c, _, _ in candidates],
+                failed=failures,
                 tool_versions=tool_versions(),
             ),
             evaluation=Evaluation(
@@ -313,11 +341,13 @@ def publish(request: PublishRequest) -> ModelCard:
                 bf16_top1=bf16.top1,
                 bf16_fp32_agreement=bf16.agreement,
                 backend_agreement=backend_agreement,
+                parity=request.parity,
             ),
             gate=gate,
             files=Files(
                 fp32_bytes=request.fp32_onnx.stat().st_size,
                 int8_bytes=chosen.bytes if gate.passed else None,
+                int8_size_note=int8_note if gate.passed else None,
                 bf16_bytes=request.fp32_onnx.stat().st_size if "bf16" in files else None,
             ),
             machine=describe_machine(),

@@ -43,6 +43,7 @@ class LoadedModel:
         name, _ = choose_backend(entry, settings, backend)
         engine = create_backend(name, entry.onnx_path, settings, entry.precision)
         engine.load()
+        engine.shape_hints = {tensor.name: tuple(tensor.dims) for tensor in entry.inputs}
         if warmup_batch_sizes is None:
             largest = entry.batching.max_batch_size
             warmup_batch_sizes = (1, largest) if largest > 1 else (1,)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import struct
 import warnings
 import zlib
@@ -46,12 +47,25 @@ class PreprocessSpec(BaseModel):
     scale: float = Field(default=1 / 255, description="Multiplier applied to 0..255 pixels first.")
     mean: tuple[float, ...] = Field(default=(0.0,), description="Per-channel mean, after scale.")
     std: tuple[float, ...] = Field(default=(1.0,), description="Per-channel std, after scale.")
-    resize: Literal["stretch", "shorter_side", "letterbox"] = Field(
+    resize: Literal["stretch", "shorter_side", "letterbox", "fit_height"] = Field(
         default="stretch",
         description=(
             "stretch: resize to height x width ignoring aspect; shorter_side: scale the shorter "
             "side to resize_shorter_to (or the input size) keeping aspect, then crop; "
-            "letterbox: fit inside keeping aspect and pad with pad_value."
+            "letterbox: fit inside keeping aspect, then pad; fit_height: scale to the input "
+            "height keeping aspect (width rounded up, capped at the input width, so wider "
+            "images are squeezed), then pad, as text recognisers (PaddleOCR) do."
+        ),
+    )
+    resample: Literal["bilinear_antialias", "bilinear", "bicubic", "nearest", "area"] = Field(
+        default="bilinear_antialias",
+        description=(
+            "Resampling filter. bilinear_antialias: Pillow's BILINEAR, which widens its filter "
+            "when shrinking (torchvision on PIL images); bilinear: two taps at half-pixel "
+            "centres, no antialiasing (OpenCV INTER_LINEAR, torchvision on tensors with "
+            "antialias=False); bicubic: OpenCV INTER_CUBIC (a=-0.75, no antialiasing); "
+            "nearest: OpenCV INTER_NEAREST (floor(x * scale)); area: pixel-area averaging "
+            "(Pillow BOX; OpenCV INTER_AREA when shrinking)."
         ),
     )
     resize_shorter_to: int | None = Field(
@@ -60,7 +74,24 @@ class PreprocessSpec(BaseModel):
     crop: Literal["center", "none"] = Field(
         default="center", description="Crop to height x width after a shorter_side resize."
     )
-    pad_value: int = Field(default=0, ge=0, le=255, description="Fill for letterbox padding.")
+    pad_anchor: Literal["center", "top_left"] = Field(
+        default="center",
+        description="Where letterbox and fit_height put the resized image: centred, or at the "
+        "top left with the padding on the right and bottom.",
+    )
+    pad_value: int = Field(
+        default=0,
+        ge=0,
+        le=255,
+        description="Fill for padding, in pixels (0-255, before scale, mean and std); "
+        "ignored when pad_tensor_value is set.",
+    )
+    pad_tensor_value: float | None = Field(
+        default=None,
+        description="Fill for padding in input-tensor units (after scale, mean and std), e.g. "
+        "0 where the original pipeline pads the normalised tensor with zeros; None pads "
+        "with pad_value pixels.",
+    )
     invert: bool = Field(
         default=False, description="Invert intensities (255 - x), e.g. dark-on-light digits."
     )
@@ -132,16 +163,24 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
 _KEYED_TRANSPARENCY_MODES = frozenset({"P", "L", "RGB"})  # `transparency` in info, no alpha band
 
 # Pillow's BILINEAR widens its filter when shrinking (antialiasing), as torchvision's Resize
-# does on PIL images: the common preprocessing that models were trained with.
-_RESAMPLE = Image.Resampling.BILINEAR
+# does on PIL images; BOX averages pixel areas. The other filters are OpenCV's, done here.
+_PILLOW_FILTERS = {
+    "bilinear_antialias": Image.Resampling.BILINEAR,
+    "area": Image.Resampling.BOX,
+}
+_CUBIC_A = -0.75  # OpenCV's bicubic coefficient (Pillow's is -0.5)
+_COEF_SCALE = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE: 11-bit fixed-point weights
+
+# Where the resized image lies in the sample: (top, left, height, width); None: all of it.
+Box = tuple[int, int, int, int] | None
 
 
 def decode_and_preprocess(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
 ) -> np.ndarray:
     """Encoded image bytes -> one float32 sample of `spec.sample_shape`."""
-    pixels = _pixels(_decode(data, limits or _DEFAULT_LIMITS, spec), spec)
-    return normalise(pixels[np.newaxis], spec)[0]
+    pixels, box = _pixels(_decode(data, limits or _DEFAULT_LIMITS, spec), spec)
+    return _pad_tensor(normalise(pixels[np.newaxis], spec), [box], spec)[0]
 
 
 @dataclass(frozen=True)
@@ -172,11 +211,12 @@ def decode_and_preprocess_many(
     limits = limits or _DEFAULT_LIMITS
     failures: list[ServingError | None] = [None] * len(images)
     pixels = np.empty((len(images), *spec.sample_shape), dtype=np.uint8)
+    boxes: list[Box] = []
     good = 0
     for i, data in enumerate(images):
         try:
             image = _decode(data, limits, spec)
-            pixels[good] = _pixels(image, spec)
+            pixels[good], box = _pixels(image, spec)
         except ServingError as exc:
             failures[i] = exc
         else:
@@ -188,8 +228,9 @@ def decode_and_preprocess_many(
                         mean, std,
                     )
                 )  # fmt: skip
+            boxes.append(box)
             good += 1
-    return normalise(pixels[:good], spec), failures
+    return _pad_tensor(normalise(pixels[:good], spec), boxes, spec), failures
 
 
 def _mean_and_std(sample: np.ndarray) -> tuple[float, float]:
@@ -215,7 +256,8 @@ def decode_image(
 
 def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """A decoded image in any Pillow mode -> one float32 sample of `spec.sample_shape`."""
-    return normalise(_pixels(image, spec)[np.newaxis], spec)[0]
+    pixels, box = _pixels(image, spec)
+    return _pad_tensor(normalise(pixels[np.newaxis], spec), [box], spec)[0]
 
 
 def normalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -229,6 +271,25 @@ def normalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     batch = np.empty(pixels.shape, dtype=np.float32)
     np.multiply(pixels, gain, out=batch)
     batch += offset
+    return batch
+
+
+def _pad_tensor(batch: np.ndarray, boxes: Sequence[Box], spec: PreprocessSpec) -> np.ndarray:
+    """Overwrite the padding of each sample with `spec.pad_tensor_value`, in place."""
+    value = spec.pad_tensor_value
+    if value is None:
+        return batch
+    rows, cols = (1, 2) if spec.layout == "NCHW" else (0, 1)
+    for sample, box in zip(batch, boxes, strict=True):
+        if box is None:
+            continue
+        top, left, height, width = box
+        index: list[slice] = [slice(None)] * 3
+        for axis, start, stop in ((rows, top, top + height), (cols, left, left + width)):
+            for part in (slice(None, start), slice(stop, None)):
+                index[axis] = part
+                sample[tuple(index)] = value
+            index[axis] = slice(start, stop)
     return batch
 
 
@@ -251,7 +312,9 @@ def _decode_file(data: bytes, limits: ImageLimits, spec: PreprocessSpec | None) 
     """Any supported file through Pillow's readers; the caller holds `_pillow_warnings()`."""
     image = _open(data, limits)
     _check_declared_size(image.size, limits)
-    if spec is not None and image.format == "JPEG":
+    # Only Pillow's own antialiased reduction tolerates a DCT-scaled decode; the OpenCV-style
+    # filters read every source pixel, as OpenCV's full-size decode gives them.
+    if spec is not None and image.format == "JPEG" and spec.resample == "bilinear_antialias":
         _draft(image, spec)
     try:
         image.load()
@@ -270,19 +333,23 @@ def _decode_file(data: bytes, limits: ImageLimits, spec: PreprocessSpec | None) 
     return image
 
 
-def _pixels(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """A decoded image in any Pillow mode -> its uint8 sample: `spec.sample_shape`, a view."""
+def _pixels(image: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Box]:
+    """A decoded image in any Pillow mode -> its uint8 sample (`spec.sample_shape`, a view)
+    and where the resized image lies in it when padding surrounds it."""
     image = _to_color_mode(image, spec.color_mode)
-    image = _resize(image, spec)
-    width, height = image.size
-    # What np.asarray(image) returns, without its array-interface detour (a third faster):
-    # after _to_color_mode the mode is L or RGB, 8 bits per channel, rows top to bottom.
-    pixels = np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(height, width, -1)
+    pixels, box = _resize(image, spec)
     if spec.color_mode == "RGB" and spec.channel_order == "BGR":
         pixels = pixels[:, :, ::-1]
     if spec.layout == "NCHW":
         pixels = pixels.transpose(2, 0, 1)
-    return pixels
+    return pixels, box
+
+
+def _array(image: Image.Image) -> np.ndarray:
+    """What np.asarray(image) returns, without its array-interface detour (a third faster):
+    after _to_color_mode the mode is L or RGB, 8 bits per channel, rows top to bottom."""
+    width, height = image.size
+    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(height, width, -1)
 
 
 @contextlib.contextmanager
@@ -469,27 +536,113 @@ def _resized_size(width: int, height: int, spec: PreprocessSpec) -> tuple[int, i
             min(spec.width, max(1, round(width * fit))),
             min(spec.height, max(1, round(height * fit))),
         )
+    if spec.resize == "fit_height":
+        # PaddleOCR's rule: ceil(height * aspect), the input width at most.
+        return min(spec.width, max(1, math.ceil(spec.height * (width / height)))), spec.height
     # stretch, and shorter_side without a crop: keeping the aspect and then stretching to the
     # exact size is one stretch, so it is done as one resize (one resampling, not two).
     return spec.width, spec.height
 
 
-def _resize(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
+def _resize(image: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Box]:
+    """Resize, then crop or pad to the input size: HxWxC uint8 pixels and the image's box."""
     size = _resized_size(*image.size, spec)
-    if image.size != size:
-        image = image.resize(size, _RESAMPLE)
+    if image.size == size:
+        pixels = _array(image)
+    elif spec.resample in _PILLOW_FILTERS:
+        pixels = _array(image.resize(size, _PILLOW_FILTERS[spec.resample]))
+    else:
+        pixels = _resample(_array(image), size, spec.resample)
     target = (spec.width, spec.height)
     if size == target:
-        return image
-    if spec.resize == "letterbox":
-        fill = spec.pad_value if image.mode == "L" else (spec.pad_value,) * 3
-        canvas = Image.new(image.mode, target, fill)
-        canvas.paste(image, ((target[0] - size[0]) // 2, (target[1] - size[1]) // 2))
-        return canvas
-    # Centre crop with torchvision's rounding; Pillow fills any part outside the image with 0.
+        return pixels, None
+    if spec.resize in ("letterbox", "fit_height"):
+        left, top = (0, 0)
+        if spec.pad_anchor == "center":
+            left, top = (target[0] - size[0]) // 2, (target[1] - size[1]) // 2
+        return _place(pixels, left, top, target, spec.pad_value), (top, left, size[1], size[0])
+    # Centre crop with torchvision's rounding; any part outside the image is 0, as Pillow's
+    # crop fills it.
     left = round((size[0] - target[0]) / 2.0)
     top = round((size[1] - target[1]) / 2.0)
-    return image.crop((left, top, left + target[0], top + target[1]))
+    return _place(pixels, -left, -top, target, 0), None
+
+
+def _place(
+    pixels: np.ndarray, left: int, top: int, target: tuple[int, int], fill: int
+) -> np.ndarray:
+    """`pixels` with its top-left corner at (left, top) of a `target` canvas of `fill`."""
+    width, height = target
+    canvas = np.full((height, width, pixels.shape[2]), fill, dtype=np.uint8)
+    src_top, src_left = max(0, -top), max(0, -left)
+    dst_top, dst_left = max(0, top), max(0, left)
+    rows = min(height - dst_top, pixels.shape[0] - src_top)
+    cols = min(width - dst_left, pixels.shape[1] - src_left)
+    if rows > 0 and cols > 0:
+        canvas[dst_top : dst_top + rows, dst_left : dst_left + cols] = pixels[
+            src_top : src_top + rows, src_left : src_left + cols
+        ]
+    return canvas
+
+
+def _taps(source: int, target: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights, [target, taps] each, of OpenCV's resize along one axis."""
+    scale = source / target
+    out = np.arange(target, dtype=np.float64)
+    if kind == "nearest":
+        index = np.minimum(np.floor(out * scale).astype(np.int64), source - 1)
+        return index[:, np.newaxis], np.ones((target, 1))
+    # Half-pixel centres, rounded to float32 as OpenCV computes them.
+    centre = ((out + 0.5) * scale - 0.5).astype(np.float32).astype(np.float64)
+    start = np.floor(centre).astype(np.int64)
+    frac = centre - start
+    if kind == "bilinear":
+        # OpenCV clamps the position, not only the index, at both edges.
+        low, high = start < 0, start >= source - 1
+        frac[low | high] = 0.0
+        start = np.clip(start, 0, source - 1)
+        index = np.stack([start, np.minimum(start + 1, source - 1)], axis=1)
+        return index, np.stack([1.0 - frac, frac], axis=1)
+    # bicubic: four taps, edges replicated.
+    offsets = np.arange(-1, 3)
+    index = np.clip(start[:, np.newaxis] + offsets, 0, source - 1)
+    distance = np.abs(frac[:, np.newaxis] - offsets)
+    a = _CUBIC_A
+    near = ((a + 2) * distance - (a + 3)) * distance * distance + 1
+    far = ((a * distance - 5 * a) * distance + 8 * a) * distance - 4 * a
+    return index, np.where(distance <= 1, near, np.where(distance < 2, far, 0.0))
+
+
+def _resample(pixels: np.ndarray, size: tuple[int, int], kind: str) -> np.ndarray:
+    """HxWxC uint8 -> `size` (width, height) with OpenCV's filter `kind`, separably."""
+    rows, row_w = _taps(pixels.shape[0], size[1], kind)
+    cols, col_w = _taps(pixels.shape[1], size[0], kind)
+    if kind == "bilinear":
+        return _bilinear_fixed_point(pixels, rows, row_w, cols, col_w)
+    # Only the source rows the taps read are converted: a large photo is never widened whole.
+    tall = np.einsum("otwc,ot->owc", pixels[rows].astype(np.float32), row_w.astype(np.float32))
+    wide = np.einsum("hotc,ot->hoc", tall[:, cols], col_w.astype(np.float32))
+    return np.clip(np.rint(wide), 0, 255).astype(np.uint8)
+
+
+def _bilinear_fixed_point(
+    pixels: np.ndarray, rows: np.ndarray, row_w: np.ndarray, cols: np.ndarray, col_w: np.ndarray
+) -> np.ndarray:
+    """OpenCV's 8-bit INTER_LINEAR arithmetic: 11-bit weights, a horizontal pass kept in
+    integers, then a vertical pass with its shifts and rounding, so that the pixels match
+    OpenCV's rather than a float resize's (which differ by 1 in about a tenth of them)."""
+    # int32 holds every sum: 255 x 2048 after the first pass, 2048 x (that >> 4) in the second.
+    row_w = np.rint(row_w * _COEF_SCALE).astype(np.int32)
+    col_w = np.rint(col_w * _COEF_SCALE).astype(np.int32)
+    # The horizontal pass over only the source rows the vertical taps read.
+    source = pixels[rows.reshape(-1)].astype(np.int32)
+    wide = (
+        source[:, cols[:, 0]] * col_w[np.newaxis, :, 0, np.newaxis]
+        + source[:, cols[:, 1]] * col_w[np.newaxis, :, 1, np.newaxis]
+    ).reshape(len(rows), 2, len(cols), pixels.shape[2])
+    upper = (row_w[:, 0, np.newaxis, np.newaxis] * (wide[:, 0] >> 4)) >> 16
+    lower = (row_w[:, 1, np.newaxis, np.newaxis] * (wide[:, 1] >> 4)) >> 16
+    return np.clip((upper + lower + 2) >> 2, 0, 255).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=64)

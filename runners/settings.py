@@ -7,17 +7,43 @@ One environment prefix, `IMGSERVE_`. Precedence: explicit arguments > environmen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import Field
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CommaListEnvSource(EnvSettingsSource):
+    """Environment variables, where a list or tuple setting also takes the comma form users
+    type (`IMGSERVE_MODELS=textorient,digits`) besides JSON (`["textorient","digits"]`)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if (
+            isinstance(value, str)
+            and _is_sequence(field.annotation)
+            and not value.lstrip().startswith("[")
+        ):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return super().decode_complex_value(field_name, field, value)
+
+
+def _is_sequence(annotation: Any) -> bool:
+    """A list, tuple, set or frozenset annotation, optional or not."""
+    if get_origin(annotation) in (list, tuple, set, frozenset):
+        return True
+    return get_origin(annotation) in (Union, UnionType) and any(
+        _is_sequence(arg) for arg in get_args(annotation) if arg is not type(None)
+    )
 
 
 class ProjectSettings(BaseSettings):
@@ -36,7 +62,11 @@ class ProjectSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        return (
+            init_settings,
+            CommaListEnvSource(settings_cls),
+            TomlConfigSettingsSource(settings_cls),
+        )
 
 
 class DataSettings(ProjectSettings):

@@ -34,7 +34,7 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
 
 
-def _run_rows(path: Path, rows: np.ndarray, together: bool) -> np.ndarray:
+def run_rows(path: Path, rows: np.ndarray, together: bool) -> np.ndarray:
     """Rows through ONNX Runtime as one batch, or one at a time."""
     options = ort.SessionOptions()
     # A probe that fails is an answer, reported in our words; ORT would also log it in red.
@@ -48,7 +48,7 @@ def _run_rows(path: Path, rows: np.ndarray, together: bool) -> np.ndarray:
 def _same_rows(candidate: Path, rows: np.ndarray, reference: np.ndarray) -> str | None:
     """None when the candidate returns `reference` for `rows` in one batch, else why not."""
     try:
-        result = _run_rows(candidate, rows, together=True)
+        result = run_rows(candidate, rows, together=True)
     except Exception as exc:  # any failure to run here is the answer, not an error
         return f"batch {len(rows)} does not run: {_first_line(exc)}"
     if result.shape != reference.shape:
@@ -67,26 +67,29 @@ def plan_batching(
     scratch: Path,
     *,
     want_unbatched: bool = False,
+    display: Path | None = None,
 ) -> tuple[BatchPlan, np.ndarray]:
     """Decide what to publish from what the graph does, not what it declares.
 
     Returns the plan and the batch-1 outputs of the original graph for `probe` rows.
+    `display` names the user's file in messages when `model_path` is a rewritten copy.
     """
+    shown = display or model_path
     batch = signature.input_dims[0]
     if batch is not None and batch != 1:
         raise ModelImportError(
-            f"{model_path}: input {signature.input_name!r} pins batch size {batch}; export it "
+            f"{shown}: input {signature.input_name!r} pins batch size {batch}; export it "
             "with a dynamic batch axis, or with batch 1"
         )
     try:
-        reference = _run_rows(model_path, probe, together=False)
+        reference = run_rows(model_path, probe, together=False)
     except Exception as exc:  # a load or kernel failure alike: the file cannot be served
         raise ModelImportError(
-            f"{model_path} does not run on one preprocessed calibration image: {_first_line(exc)}"
+            f"{shown} does not run on one preprocessed calibration image: {_first_line(exc)}"
         ) from exc
     if reference.ndim != 2:
         raise ModelImportError(
-            f"{model_path}: output {signature.output_name!r} has shape "
+            f"{shown}: output {signature.output_name!r} has shape "
             f"{list(reference.shape)} at run time; an image classifier returns [batch, classes]"
         )
 
@@ -97,7 +100,7 @@ def plan_batching(
         file.write_bytes(with_batch_dim(model, signature, 1))
         problem = _same_rows(file, probe[:1], reference[:1])
         if problem:
-            raise ModelImportError(f"{model_path} with its batch axis pinned to 1: {problem}")
+            raise ModelImportError(f"{shown} with its batch axis pinned to 1: {problem}")
         return BatchPlan(file, True, note + " The batch axis was pinned to 1.")
 
     if want_unbatched:
@@ -106,9 +109,7 @@ def plan_batching(
         problem = _same_rows(model_path, probe, reference)
         if problem is None:
             return BatchPlan(model_path, False, "The batch axis is dynamic."), reference
-        log.warning(
-            "%s declares a dynamic batch axis but %s: serving unbatched", model_path, problem
-        )
+        log.warning("%s declares a dynamic batch axis but %s: serving unbatched", shown, problem)
         note = (
             f"The graph declares a dynamic batch axis, but {problem}; it is served unbatched "
             "(max_batch_size 0)."
@@ -123,11 +124,11 @@ def plan_batching(
             f"output dim 0 named {BATCH_DIM!r}, value_info re-inferred) and checked that a "
             f"batch of {len(probe)} returns the batch-1 rows (atol {ROW_ATOL:g})."
         )
-        log.info("%s: batch axis made dynamic", model_path)
+        log.info("%s: batch axis made dynamic", shown)
         return BatchPlan(dynamic, False, note), reference
     log.warning(
         "%s pins batch 1 and cannot be made dynamic (%s): publishing it unbatched",
-        model_path,
+        shown,
         problem,
     )
     note = (

@@ -1,13 +1,16 @@
 """The `import` command line: check a user's ONNX image classifier, then publish it like ours.
 
     python -m offline import model.onnx --name flowers --labels labels.txt \\
-        --calibration calib/ [--validation val/] [--spec spec.json] [--height 224 ...]
+        --calibration calib/ [--validation val/] [--spec spec.json] [--height 224 ...] \\
+        [--reference ref_images/ reference.npz]
 
 Every check runs before anything is written: the file is ONNX and an image classifier
 (one 4-D float32 input, one 2-D [batch, classes] output), the preprocessing spec matches
 the input's dims, the labels match the classes, and every image decodes. A graph that pins
 batch 1 is made dynamic when that provably gives the same rows, else served unbatched.
-Then `offline.publish` quantizes, gates, measures and writes both variants.
+With --reference, the served FP32 file must agree with the model's original pipeline on
+the reference images (--min-parity). Then `offline.publish` quantizes, gates, measures and
+writes both variants. Every failure ends in one line; --debug adds the traceback.
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from offline.gate import GateThresholds
+from offline.importing.parity import DEFAULT_MIN_PARITY
 from offline.importing.pipeline import DEFAULT_BATCHING, DEFAULT_REPOSITORY, import_model
 from offline.importing.spec import SPEC_FLAGS, load_spec_fields
-from offline.quantize import QUANTIZERS
+from offline.quantize import QUANTIZERS, failure_reason
 from runners.errors import ModelImportError, ServingError
 from runners.repository import Batching
 
@@ -83,10 +87,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     spec.add_argument("--scale", type=_number, help="e.g. 1/255 or 0.00392")
     spec.add_argument("--mean", type=_floats, help="comma-separated, after scale")
     spec.add_argument("--std", type=_floats, help="comma-separated, after scale")
-    spec.add_argument("--resize", choices=["stretch", "shorter_side", "letterbox"])
+    spec.add_argument("--resize", choices=["stretch", "shorter_side", "letterbox", "fit_height"])
+    spec.add_argument(
+        "--resample",
+        choices=["bilinear_antialias", "bilinear", "bicubic", "nearest", "area"],
+        help="bilinear_antialias: Pillow's (default); bilinear, bicubic, nearest: OpenCV's; "
+        "area: pixel-area averaging",
+    )
     spec.add_argument("--resize-shorter-to", type=int)
     spec.add_argument("--crop", choices=["center", "none"])
-    spec.add_argument("--pad-value", type=int)
+    spec.add_argument("--pad-anchor", choices=["center", "top_left"])
+    spec.add_argument("--pad-value", type=int, help="padding fill in pixels, 0-255")
+    spec.add_argument(
+        "--pad-tensor-value",
+        type=_number,
+        help="padding fill in input-tensor units (after scale, mean, std), e.g. 0",
+    )
     spec.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None)
     serving = parser.add_argument_group("serving")
     serving.add_argument("--max-batch-size", type=int, default=DEFAULT_BATCHING.max_batch_size)
@@ -101,7 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="preferred backend for both variants (default: the faster one measured per variant)",
     )
-    serving.add_argument("--output-kind", choices=["logits", "probabilities"], default="logits")
+    serving.add_argument(
+        "--output-kind",
+        choices=["logits", "probabilities"],
+        default=None,
+        help="default: read from the graph (a final Softmax means probabilities)",
+    )
     build = parser.add_argument_group("quantization, gate and measurement")
     build.add_argument(
         "--quantizers",
@@ -112,6 +133,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     thresholds = GateThresholds()
     build.add_argument("--max-drop-points", type=float, default=thresholds.max_drop_points)
     build.add_argument("--min-agreement", type=float, default=thresholds.min_agreement)
+    build.add_argument(
+        "--opset",
+        type=int,
+        help="convert the graph to this opset first (onnx.version_converter), e.g. 13 for "
+        "per-channel INT8",
+    )
+    parity = parser.add_argument_group("parity with the model's original pipeline")
+    parity.add_argument(
+        "--reference",
+        nargs=2,
+        type=Path,
+        metavar=("IMAGES", "OUTPUTS_NPZ"),
+        help="a folder of images and a .npz of what the original pipeline gave for them "
+        "(names plus scores or labels); the import refuses below --min-parity",
+    )
+    parity.add_argument(
+        "--min-parity",
+        type=float,
+        default=DEFAULT_MIN_PARITY,
+        help=f"top-1 agreement required with --reference (default {DEFAULT_MIN_PARITY})",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     build.add_argument("--measure-batch-sizes", type=_ints, default=(1, 8, 32))
     build.add_argument("--measure-duration-s", type=float, default=1.0)
 
@@ -150,8 +193,15 @@ def run(args: argparse.Namespace) -> int:
         thresholds=thresholds,
         summary=args.summary,
         replace=args.replace,
+        reference_files=tuple(args.reference) if args.reference else None,
+        min_parity=args.min_parity,
+        opset=args.opset,
     )
     log.info("published %s_fp32 and %s_int8: %s", card.family, card.family, card.gate.explain())
+    if card.files.int8_size_note:
+        log.warning("%s_int8: %s", card.family, card.files.int8_size_note)
+    for failure in card.built.failed:
+        log.warning("%s: quantizer %s failed: %s", card.family, failure.method, failure.reason)
     return 0
 
 
@@ -162,8 +212,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return report_failures(lambda: run(args), subject=args.model, debug=args.debug)
+
+
+def report_failures(action: Callable[[], int], *, subject: Path, debug: bool) -> int:
+    """Run the command; any failure ends in one line on stderr and exit status 2, its
+    traceback only with --debug. A refusal is worded where it is raised; anything else
+    (a toolkit's own error) is named with its type and where it came from."""
     try:
-        return run(args)
+        return action()
     except ServingError as exc:
-        log.error("error: %s", exc.message)
-        return 2
+        failure: BaseException = exc
+        line = exc.message
+    except ImportError as exc:
+        failure = exc
+        line = (
+            f"the package {exc.name or exc} is not installed; reinstall the project (make "
+            "setup), which declares every package the import needs"
+        )
+    except Exception as exc:
+        failure = exc
+        line = (
+            f"{subject}: {failure_reason(exc)} (not a check of the import: rerun with --debug "
+            "for the traceback, and report it)"
+        )
+    log.error("error: %s", line, exc_info=failure if debug else None)
+    return 2

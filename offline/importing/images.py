@@ -51,7 +51,7 @@ def _files_under(folder: Path) -> list[Path]:
     )
 
 
-def _decode(files: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
+def decode_files(files: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
     """The serving preprocessing applied to each file; an undecodable one is named."""
     samples = []
     for path in files:
@@ -146,6 +146,6 @@ def load_images(
                 "preprocessing"
             )
     return (
-        ImageSet(_decode(kept, spec), None, calib_description),
-        ImageSet(_decode(val_files, spec), val_labels, val_description),
+        ImageSet(decode_files(kept, spec), None, calib_description),
+        ImageSet(decode_files(val_files, spec), val_labels, val_description),
     )

@@ -16,12 +16,19 @@ import onnx
 
 from offline.card import ModelCard
 from offline.gate import GateThresholds
-from offline.importing.batch_axis import BatchPlan, plan_batching
+from offline.importing.batch_axis import ROW_ATOL, ROW_RTOL, BatchPlan, plan_batching, run_rows
 from offline.importing.images import folder, load_images, read_labels
-from offline.importing.signature import inspect_model, show
+from offline.importing.parity import DEFAULT_MIN_PARITY, check_parity
+from offline.importing.signature import (
+    Signature,
+    final_op,
+    inspect_model,
+    show,
+    with_fixed_dims,
+)
 from offline.importing.spec import SPEC_FLAGS, resolve_spec
 from offline.publish import PublishRequest, publish
-from offline.quantize import QUANTIZERS
+from offline.quantize import QUANTIZERS, failure_reason, opset_of, upgrade_opset
 from runners.errors import ModelImportError
 from runners.preprocessing import PreprocessSpec
 from runners.repository import VARIANTS, Batching
@@ -63,6 +70,42 @@ def _check_outputs(
         )
 
 
+OutputKind = Literal["logits", "probabilities"]
+
+
+def detect_output_kind(
+    model: onnx.ModelProto, signature: Signature, requested: OutputKind | None, path: Path
+) -> tuple[OutputKind, str]:
+    """The output kind the graph shows (a final Softmax: probabilities), and where it comes from.
+
+    A flag that contradicts the graph is refused: softmax applied to probabilities again
+    would flatten every score toward 1/classes without a word.
+    """
+    last = final_op(model, signature.output_name)
+    if last == "Softmax":
+        if requested == "logits":
+            raise ModelImportError(
+                f"{path}: --output-kind logits, but output {signature.output_name!r} comes from "
+                "a Softmax (probabilities): drop the flag, or pass --output-kind probabilities"
+            )
+        return "probabilities", "probabilities (the graph ends in Softmax)"
+    if requested is None:
+        return "logits", f"logits (the graph ends in {last or 'no operator'}, not Softmax)"
+    return requested, f"{requested} (--output-kind)"
+
+
+def _check_converted(model: Path, probe: np.ndarray, converted: np.ndarray) -> None:
+    """The opset-converted graph must return the original's rows."""
+    original = run_rows(model, probe, together=False)
+    if original.shape != converted.shape or not np.allclose(
+        original, converted, atol=ROW_ATOL, rtol=ROW_RTOL
+    ):
+        raise ModelImportError(
+            f"{model}: after onnx.version_converter the graph returns different rows on "
+            "calibration images; import it without --opset"
+        )
+
+
 def _batching(requested: Batching, plan: BatchPlan) -> Batching:
     if plan.unbatched:
         return Batching(
@@ -97,6 +140,9 @@ def _reproduce(
     calibration: Path,
     validation: Path | None,
     requested: Batching,
+    opset: int | None = None,
+    reference_files: tuple[Path, Path] | None = None,
+    min_parity: float = DEFAULT_MIN_PARITY,
 ) -> str:
     """The command line that imports the same file into the same variants again; it asks
     for the batching the user asked for, since whether the graph allows it is re-derived."""
@@ -129,6 +175,10 @@ def _reproduce(
     words += ["--quantizers", ",".join(request.quantizers)]
     words += ["--max-drop-points", f"{request.thresholds.max_drop_points:g}"]
     words += ["--min-agreement", f"{request.thresholds.min_agreement:g}"]
+    if opset is not None:
+        words += ["--opset", str(opset)]
+    if reference_files is not None:
+        words += ["--reference", *map(str, reference_files), "--min-parity", f"{min_parity:g}"]
     return ".venv/bin/" + shlex.join(words)
 
 
@@ -144,20 +194,26 @@ def import_model(
     repository: Path = DEFAULT_REPOSITORY,
     batching: Batching = DEFAULT_BATCHING,
     preferred_backend: Literal["onnxruntime", "openvino"] | None = None,
-    output_kind: Literal["logits", "probabilities"] = "logits",
+    output_kind: OutputKind | None = None,
     quantizers: Sequence[str] = tuple(QUANTIZERS),
     measure_batch_sizes: Sequence[int] = (1, 8, 32),
     measure_duration_s: float = 1.0,
     thresholds: GateThresholds | None = None,
     summary: str | None = None,
     replace: bool = False,
+    reference_files: tuple[Path, Path] | None = None,
+    min_parity: float = DEFAULT_MIN_PARITY,
+    opset: int | None = None,
 ) -> ModelCard:
     """Check everything, then publish `<name>_fp32` and (through the gate) `<name>_int8`.
 
     `spec` holds PreprocessSpec fields; layout, height, width and colour mode left out are
     read from the input's static dims. Every refusal is a ModelImportError raised before
     anything is written; an INT8 refused by the gate is AccuracyGateFailed, FP32 written.
-    `batching.max_batch_size == 0` asks for an unbatched model.
+    `batching.max_batch_size == 0` asks for an unbatched model. `output_kind` None reads it
+    from the graph (a final Softmax means probabilities). `reference_files` (a folder of images
+    and a .npz of the original pipeline's outputs for them) is checked before publishing;
+    `opset` converts the graph first (onnx.version_converter), checked on calibration rows.
     """
     _check_name(name)
     unknown = [q for q in quantizers if q not in QUANTIZERS]
@@ -177,6 +233,23 @@ def import_model(
     onnx_model, signature = inspect_model(model)
     fields = spec.model_dump() if isinstance(spec, PreprocessSpec) else dict(spec or {})
     resolved = resolve_spec(fields, signature, model, spec_source)
+    fixed_model, signature, rewrites = with_fixed_dims(
+        onnx_model, signature, (None, *resolved.sample_shape)
+    )
+    kind, kind_note = detect_output_kind(onnx_model, signature, output_kind, model)
+    if opset is not None and opset != opset_of(fixed_model):
+        try:
+            fixed_model = upgrade_opset(fixed_model, opset)
+        except Exception as exc:  # the converter's refusal, in one line
+            raise ModelImportError(
+                f"{model}: onnx.version_converter cannot convert it from opset "
+                f"{opset_of(onnx_model)} to {opset} ({failure_reason(exc)}); import it "
+                "without --opset"
+            ) from exc
+        rewrites.append(
+            f"the graph is converted from opset {opset_of(onnx_model)} to {opset} by "
+            "onnx.version_converter (same outputs on the calibration probe)"
+        )
     declared = signature.output_dims
     if declared is not None and declared[1] is not None and declared[1] != len(label_names):
         raise ModelImportError(
@@ -186,15 +259,35 @@ def import_model(
     calib, valid = load_images(calibration, validation, label_names, resolved)
     probe = np.resize(calib.samples, (PROBE_ROWS, *calib.samples.shape[1:]))
     with tempfile.TemporaryDirectory(prefix=f"import-{name}-") as scratch:
+        source = model
+        if rewrites:
+            source = Path(scratch) / "source.onnx"
+            onnx.save(fixed_model, str(source))
         plan, reference = plan_batching(
-            onnx_model,
+            fixed_model,
             signature,
-            model,
+            source,
             probe,
             Path(scratch),
             want_unbatched=batching.max_batch_size == 0,
+            display=model,
         )
-        _check_outputs(reference, label_names, labels, model, output_kind)
+        if opset is not None and rewrites:
+            _check_converted(model, probe, reference)
+        _check_outputs(reference, label_names, labels, model, kind)
+        parity = None
+        if reference_pair := reference_files:
+            found = check_parity(
+                plan.onnx_file,
+                reference_pair[0],
+                reference_pair[1],
+                resolved,
+                label_names,
+                min_agreement=min_parity,
+                display=model,
+            )
+            parity = f"{found.describe()} (at least {min_parity:.2%} required)"
+            log.info("%s: parity: %s", name, parity)
         served = _batching(batching, plan)
         sizes = tuple(s for s in measure_batch_sizes if s <= max(1, served.max_batch_size))
         request = PublishRequest(
@@ -218,9 +311,18 @@ def import_model(
                 f"input {resolved.layout} {resolved.color_mode} "
                 f"{resolved.height}x{resolved.width}."
             ),
-            how_built=f"{_provenance(model, onnx_model)} {plan.note}",
+            how_built=" ".join(
+                [
+                    _provenance(model, onnx_model),
+                    *(f"{note[0].upper()}{note[1:]}." for note in rewrites),
+                    plan.note,
+                    f"Output kind: {kind_note}.",
+                ]
+            ),
             reproduce="",  # set below, from the request itself
-            output_kind=output_kind,
+            output_kind=kind,
+            parity=parity,
+            source_name=str(model),
             preferred_backend=preferred_backend,
             quantizers=tuple(quantizers),
             measure_batch_sizes=sizes or (1,),
@@ -241,5 +343,8 @@ def import_model(
             calibration=calibration,
             validation=validation,
             requested=batching,
+            opset=opset,
+            reference_files=reference_files,
+            min_parity=min_parity,
         )
         return publish(request)

@@ -30,7 +30,12 @@ def _dims(value_info: onnx.ValueInfoProto) -> Dims | None:
     tensor = value_info.type.tensor_type
     if not tensor.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    # Exporters mark a dynamic axis with a dim_param, no value, or a dim_value of -1 or 0
+    # (PaddlePaddle, some TensorFlow converters): all of them are dynamic.
+    return tuple(
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        for d in tensor.shape.dim
+    )
 
 
 def show(dims: Dims | None) -> str:
@@ -88,6 +93,70 @@ def inspect_model(path: Path) -> tuple[onnx.ModelProto, Signature]:
             "[batch, classes] before exporting)"
         )
     return model, Signature(image.name, input_dims, scores.name, output_dims)
+
+
+def final_op(model: onnx.ModelProto, output: str) -> str | None:
+    """The operator that makes `output`, looking through ops that only reshape or rename."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    node = producers.get(output)
+    while node is not None and node.op_type in _PASS_THROUGH and node.input:
+        node = producers.get(node.input[0])
+    return None if node is None else node.op_type
+
+
+_PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"})
+BATCH_DIM = "batch"
+
+
+def with_fixed_dims(
+    model: onnx.ModelProto, signature: Signature, sizes: Dims
+) -> tuple[onnx.ModelProto, Signature, list[str]]:
+    """The model with its dynamic dims made plain: a batch axis marked by dim_value -1 or 0
+    becomes a named dim, and dynamic dims other than the batch take `sizes` (the spec's).
+
+    Returns the model (the same object when nothing changes), its signature and what changed.
+    """
+    changes: list[str] = []
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    graph = rewritten.graph
+    for tensor in (*graph.input, *graph.output):
+        if tensor.name not in (signature.input_name, signature.output_name):
+            continue
+        dims = tensor.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            dynamic = not dim.HasField("dim_param") and not (
+                dim.HasField("dim_value") and dim.dim_value > 0
+            )
+            if axis == 0 and dynamic:
+                changes.append(
+                    f"{tensor.name!r} marks its batch axis with dim_value {dim.dim_value}; it "
+                    f"is read as dynamic (named {BATCH_DIM!r})"
+                )
+                dim.dim_param = BATCH_DIM
+            elif axis > 0 and tensor.name == signature.input_name:
+                want = sizes[axis]
+                if (dynamic or dim.HasField("dim_param")) and want is not None:
+                    dim.dim_value = want
+                    changes.append(
+                        f"dynamic axis {axis} of input {tensor.name!r} is fixed to {want} from "
+                        "the preprocessing spec"
+                    )
+    if not changes:
+        return model, signature, []
+    del graph.value_info[:]  # recorded with the old dims; inferred afresh
+    try:
+        rewritten = onnx.shape_inference.infer_shapes(rewritten)
+    except Exception as exc:  # ONNX Runtime infers shapes itself at load; these are optional
+        log.info("shape inference after fixing the dims failed (%s); continuing without", exc)
+    image = next(i for i in rewritten.graph.input if i.name == signature.input_name)
+    fixed = Signature(
+        signature.input_name,
+        _dims(image) or signature.input_dims,
+        signature.output_name,
+        signature.output_dims,
+    )
+    return rewritten, fixed, changes
 
 
 def with_batch_dim(model: onnx.ModelProto, signature: Signature, value: int | str) -> bytes:

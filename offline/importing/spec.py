@@ -25,7 +25,10 @@ SPEC_FLAGS = {
     "resize": "resize",
     "resize_shorter_to": "resize-shorter-to",
     "crop": "crop",
+    "resample": "resample",
+    "pad_anchor": "pad-anchor",
     "pad_value": "pad-value",
+    "pad_tensor_value": "pad-tensor-value",
     "invert": "invert",
 }
 

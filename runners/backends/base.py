@@ -47,6 +47,9 @@ class Backend(ABC):
         self.precision: Precision = precision
         self._inputs: tuple[TensorInfo, ...] | None = None
         self._outputs: tuple[TensorInfo, ...] | None = None
+        # Per input, the sizes of the axes after the batch axis that the model is fed (the
+        # preprocessing spec's): warm-up and timing fill a graph's dynamic axes from them.
+        self.shape_hints: dict[str, tuple[int, ...]] = {}
 
     @classmethod
     def unsupported(cls, precision: Precision) -> str | None:
@@ -113,11 +116,15 @@ class Backend(ABC):
 
     def sample_inputs(self, batch_size: int, fill: float | None = 0.0, seed: int = 0) -> Tensors:
         """A batch for every input: `fill` everywhere, or random normal values when None.
-        Dynamic axes other than the batch axis are 1."""
+        Dynamic axes other than the batch axis take `shape_hints`, else 1."""
         rng = np.random.default_rng(seed)
         batch: Tensors = {}
         for info in self.inputs:
-            shape = (batch_size, *(d if d is not None else 1 for d in info.shape[1:]))
+            hint = self.shape_hints.get(info.name, ())
+            if len(hint) != len(info.shape) - 1:  # not a hint for this input's rank
+                hint = (1,) * (len(info.shape) - 1)
+            dims = [d if d is not None else h for d, h in zip(info.shape[1:], hint, strict=True)]
+            shape = (batch_size, *dims)
             values = np.full(shape, fill) if fill is not None else rng.standard_normal(shape)
             batch[info.name] = values.astype(info.dtype)
         return batch

@@ -51,7 +51,8 @@ with atheris.instrument_imports(include=["PIL", "runners"]):
 # input the limits let through decodes well inside the time and memory bounds below.
 LIMITS = ImageLimits(max_bytes=256 * 1024, max_pixels=1_000_000, max_side=2_000)
 # The preprocessing paths the model repository uses: grayscale stretch with inversion (digits),
-# RGB shorter-side resize and centre crop (ImageNet-style), letterbox into BGR NHWC.
+# RGB shorter-side resize and centre crop (ImageNet-style), letterbox into BGR NHWC, and the
+# OpenCV-style filters.
 SPECS = (
     PreprocessSpec(height=28, width=28, color_mode="L", invert=True),
     PreprocessSpec(
@@ -72,6 +73,20 @@ SPECS = (
         resize="letterbox",
         pad_value=114,
     ),
+    # A text recogniser's: height kept, padded on the right in tensor units, OpenCV's bilinear.
+    PreprocessSpec(
+        height=16,
+        width=64,
+        color_mode="RGB",
+        channel_order="BGR",
+        mean=(0.5,),
+        std=(0.5,),
+        resize="fit_height",
+        resample="bilinear",
+        pad_anchor="top_left",
+        pad_tensor_value=0.0,
+    ),
+    PreprocessSpec(height=20, width=20, color_mode="L", resample="bicubic"),
 )
 # libFuzzer's own bounds per input: seconds, and resident memory of the whole process.
 TIMEOUT_S = 10

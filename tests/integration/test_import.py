@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from PIL import Image
 
 from offline.importing import import_model, main
@@ -18,6 +29,7 @@ from runners.backends import BACKENDS, create_backend
 from runners.errors import ModelImportError
 from runners.preprocessing import PreprocessSpec, decode_and_preprocess
 from runners.repository import CARD_JSON, CONFIG_FILE, read_model
+from tests.integration.conftest import REPO_ROOT, bentoml_env, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -381,3 +393,355 @@ def test_bad_names_are_refused(tmp_path: Path, data: dict[str, Path], name: str)
             repository=tmp_path / "repo",
         )
     assert not (tmp_path / "repo").exists()
+
+
+# ------------------------------------------------- a real export from another framework
+
+TEXT_LABELS = ("0", "180")
+TEXT_H, TEXT_W = 48, 192
+# The flags that describe PaddleOCR's text-orientation preprocessing: BGR, (x/255 - 0.5)/0.5,
+# resized to height 48 keeping aspect with OpenCV's bilinear, the tensor padded with zeros
+# on the right.
+PADDLE_FLAGS = [
+    "--height", str(TEXT_H), "--width", str(TEXT_W), "--channel-order", "BGR",
+    "--scale", "1/255", "--mean", "0.5", "--std", "0.5", "--resize", "fit_height",
+    "--resample", "bilinear", "--pad-anchor", "top_left", "--pad-tensor-value", "0",
+]  # fmt: skip
+
+
+def build_text_orientation(path: Path, *, opset: int = 11, seed: int = 0) -> Path:
+    """A PaddlePaddle-style export: input [-1, 3, -1, -1] (dim_value -1 for every dynamic
+    axis), a MaxPool that needs the real 48x192 input, a Reshape and Gemm that read every
+    position (so where the padding goes matters), a bias made by a Concat of constants,
+    and a final Softmax. Opset 11, as Paddle2ONNX writes by default."""
+    rng = np.random.default_rng(seed)
+    conv = rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.2
+    conv[0, 2, 1, 1] += 1.0  # channel 2 of BGR input: red
+    ramp = np.linspace(1.0, -1.0, TEXT_W // 4, dtype=np.float32)
+    fc = rng.standard_normal((2, 4, TEXT_H // 4, TEXT_W // 4)).astype(np.float32) * 0.3
+    fc[0, 0] += ramp
+    fc[1, 0] -= ramp
+    weights = [
+        numpy_helper.from_array(conv, "conv_w"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "conv_b"),
+        numpy_helper.from_array(fc.reshape(2, -1) * 0.05, "fc_w"),
+        numpy_helper.from_array(np.zeros(2, np.float32), "fc_b"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+        numpy_helper.from_array(np.zeros((1, 1), np.float32), "bias_a"),
+        numpy_helper.from_array(np.full((1, 1), 0.1, np.float32), "bias_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Reshape", ["p", "flat"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["g"], transB=1),
+        helper.make_node("Concat", ["bias_a", "bias_b"], ["bias"], axis=1),
+        helper.make_node("Add", ["g", "bias"], ["gb"]),
+        helper.make_node("Softmax", ["gb"], ["softmax_0.tmp_0"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "textorient",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])],
+        [helper.make_tensor_value_info("softmax_0.tmp_0", TensorProto.FLOAT, [-1, 2])],
+        weights,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="PaddlePaddle"
+    )
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def text_line(rng: np.random.Generator) -> Image.Image:
+    """A grey line of dark strokes, 20-71 pixels high and 1-7 times as wide, with a red
+    block at one end: narrow lines are padded, wide ones squeezed."""
+    height = int(rng.integers(20, 72))
+    width = int(rng.integers(height, height * 7))
+    pixels = rng.integers(120, 200, size=(height, width, 3))
+    for _ in range(int(rng.integers(3, 12))):
+        top, left = int(rng.integers(0, height - 2)), int(rng.integers(0, width - 2))
+        rows, cols = int(rng.integers(2, height // 2 + 3)), int(rng.integers(2, 12))
+        pixels[top : top + rows, left : left + cols] = rng.integers(0, 60)
+    block = max(2, width // 5)
+    end = slice(0, block) if rng.integers(0, 2) == 0 else slice(width - block, width)
+    pixels[height // 4 : 3 * height // 4, end, 0] = 250
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def paddle_preprocess(path: Path) -> np.ndarray:
+    """PaddleOCR's text-orientation preprocessing (resize_norm_img), written with OpenCV
+    as the package writes it: the original pipeline the import must reproduce."""
+    import cv2
+
+    image = cv2.imread(str(path))  # BGR
+    height, width = image.shape[:2]
+    ratio = width / float(height)
+    resized_w = TEXT_W if math.ceil(TEXT_H * ratio) > TEXT_W else math.ceil(TEXT_H * ratio)
+    resized = cv2.resize(image, (resized_w, TEXT_H)).astype("float32")
+    resized = resized.transpose((2, 0, 1)) / 255
+    resized -= 0.5
+    resized /= 0.5
+    padded = np.zeros((3, TEXT_H, TEXT_W), dtype=np.float32)
+    padded[:, :, :resized_w] = resized
+    return padded
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Calibration lines, 200 reference lines, and the reference file the user's own code
+    writes: the original pipeline's output rows for every reference image."""
+    root = tmp_path_factory.mktemp("text-data")
+    rng = np.random.default_rng(7)
+    for part, count in (("calibration", 40), ("reference", 200)):
+        (root / part).mkdir()
+        for i in range(count):
+            text_line(rng).save(root / part / f"line_{i:03d}.png")
+    (root / "labels.txt").write_text("\n".join(TEXT_LABELS) + "\n")
+    model = build_text_orientation(root / "textorient.onnx")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    # What docs/models.md tells users to write: names, and their pipeline's output rows.
+    names = sorted(p.name for p in (root / "reference").iterdir())
+    scores = np.stack(
+        [session.run(None, {"x": paddle_preprocess(root / "reference" / n)[None]})[0][0]
+         for n in names]
+    )  # fmt: skip
+    np.savez(root / "reference.npz", names=names, scores=scores)
+    return {"root": root, "model": model, "labels": root / "labels.txt"}
+
+
+def _text_argv(text_data: dict[str, Path], repo: Path, *extra: str) -> list[str]:
+    root = text_data["root"]
+    argv = [str(text_data["model"]), "--name", "textorient", "--labels", str(text_data["labels"])]
+    argv += ["--calibration", str(root / "calibration"), "--repository", str(repo)]
+    argv += ["--reference", str(root / "reference"), str(root / "reference.npz")]
+    # Random weights: INT8 agreement on near-ties is not what these tests judge.
+    argv += ["--min-agreement", "0.8", *FAST_FLAGS]
+    return [*argv, *extra]
+
+
+def test_a_paddle_export_imports_with_its_flags_and_serves_its_pipeline_answers(
+    tmp_path: Path, text_data: dict[str, Path]
+) -> None:
+    repo = tmp_path / "repo"
+    assert main(_text_argv(text_data, repo, *PADDLE_FLAGS)) == 0
+
+    card = json.loads((repo / "textorient_fp32" / CARD_JSON).read_text())
+    how = card["built"]["how"]
+    assert "marks its batch axis with dim_value -1" in how
+    assert "axis 2 of input 'x' is fixed to 48" in how and "axis 3" in how
+    assert "probabilities (the graph ends in Softmax)" in how
+    # The ORT QDQ path cannot quantize opset 11 per channel; NNCF still runs and is kept.
+    failed = {f["method"]: f["reason"] for f in card["built"]["failed"]}
+    assert set(failed) == {"onnxruntime_qdq", "onnxruntime_qdq_7bit"}
+    assert "--opset 13" in failed["onnxruntime_qdq"]
+    assert [c["method"] for c in card["built"]["candidates"]] == ["nncf"]
+    assert "of 200 reference images" in card["evaluation"]["parity"]
+    assert "Failed: **onnxruntime_qdq**" in (repo / "textorient_fp32" / "model_card.md").read_text()
+    entry = read_model(repo / "textorient_fp32")
+    assert entry.output_kind == "probabilities"
+    assert entry.inputs[0].dims == (3, TEXT_H, TEXT_W)
+    dims = onnx.load(str(entry.onnx_path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, TEXT_H, TEXT_W]
+
+    # Served: the real BentoML service answers as the original pipeline did.
+    reference = np.load(text_data["root"] / "reference.npz")
+    names, expected = [str(n) for n in reference["names"]], reference["scores"]
+    home, env = bentoml_env(
+        tmp_path,
+        {
+            "IMGSERVE_REPOSITORY": str(repo),
+            "IMGSERVE_MODELS": "textorient",
+            "IMGSERVE_DATA_DIR": str(tmp_path / "data"),
+        },
+    )
+    server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
+    agree, worst = 0, 0.0
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for name, row in zip(names, expected, strict=True):
+                answer = client.post(
+                    "/v1/classify",
+                    params={"variant": "fp32", "top_k": 2},
+                    content=(text_data["root"] / "reference" / name).read_bytes(),
+                    headers={"Content-Type": "image/png"},
+                )
+                assert answer.status_code == 200, answer.text
+                predictions = answer.json()["predictions"]
+                agree += predictions[0]["label"] == TEXT_LABELS[int(row.argmax())]
+                for prediction in predictions:  # probabilities served as they are
+                    worst = max(worst, abs(prediction["score"] - row[prediction["index"]]))
+    finally:
+        stop_server(server)
+    assert agree / len(names) >= 0.995, (agree, len(names))
+    assert worst < 1e-3
+
+
+def test_preprocessing_unlike_the_original_pipeline_is_refused_by_parity(
+    tmp_path: Path, text_data: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = tmp_path / "repo"
+    # The closest built-in behaviour before these flags: a centred letterbox, Pillow's filter.
+    flags = [*PADDLE_FLAGS[: PADDLE_FLAGS.index("--resize")], "--resize", "letterbox"]
+    assert main(_text_argv(text_data, repo, *flags, "--quantizers", "nncf")) == 2
+    line = caplog.records[-1].getMessage()
+    assert "parity check" in line and "below the 99.50% required" in line
+    assert "differing: line_" in line
+    assert not repo.exists()
+
+
+def test_every_quantizer_failing_ends_in_one_line(
+    tmp_path: Path, text_data: dict[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "repo"
+    argv = [sys.executable, "-m", "offline", "import"]
+    argv += _text_argv(text_data, repo, *PADDLE_FLAGS, "--quantizers", "onnxruntime_qdq")
+    env = {**os.environ, "IMGSERVE_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        argv, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert "no INT8 quantizer succeeded" in errors[0]
+    assert str(text_data["model"]) in errors[0] and "--opset 13" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (repo / "textorient_fp32").exists()
+
+
+def test_a_flag_contradicting_the_graph_is_refused(
+    tmp_path: Path, text_data: dict[str, Path]
+) -> None:
+    with pytest.raises(ModelImportError, match="comes from a Softmax"):
+        import_model(
+            text_data["model"],
+            "textorient",
+            labels=text_data["labels"],
+            calibration=text_data["root"] / "calibration",
+            repository=tmp_path / "repo",
+            spec={"height": TEXT_H, "width": TEXT_W},
+            output_kind="logits",
+        )
+
+
+BLOCK_TORCH = '''\
+"""Hides torch, as an install without the train extra has none (test_import)."""
+import atexit
+import os
+import sys
+from importlib.machinery import PathFinder
+
+HIDDEN = ("torch", "torchvision")
+
+
+class _WithoutTorch(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            return None
+        return PathFinder.find_spec(name, path, target)
+
+    @classmethod
+    def find_distributions(cls, *args, **kwargs):
+        found = PathFinder.find_distributions(*args, **kwargs)
+        return (d for d in found if d.metadata["Name"] not in HIDDEN)
+
+
+sys.meta_path[:] = [_WithoutTorch if f is PathFinder else f for f in sys.meta_path]
+_AT_START = set(sys.modules)  # the interpreter's own start (site, .pth files)
+
+
+@atexit.register
+def _record_imports():
+    """Every top-level module this process imported, for the test to match to packages."""
+    names = sorted({name.split(".")[0] for name in set(sys.modules) - _AT_START})
+    with open(os.environ["IMPORTS_FILE"], "w") as out:
+        out.write("\\n".join(names))
+'''
+
+
+def _installed_by(requirements: list[str]) -> set[str]:
+    """Every distribution that installing `requirements` brings in, by the installed
+    packages' own metadata (extras followed)."""
+    names: set[str] = set()
+    visited: set[tuple[str, frozenset[str]]] = set()
+    stack = [Requirement(text) for text in requirements]
+    while stack:
+        requirement = stack.pop()
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
+        if key in visited:
+            continue
+        visited.add(key)
+        names.add(key[0])
+        try:
+            requires = metadata.requires(requirement.name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            sub = Requirement(text)
+            extras = {*requirement.extras, ""}
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                stack.append(sub)
+    return names
+
+
+def test_the_import_quantizes_without_the_train_extra(
+    tmp_path: Path, text_data: dict[str, Path]
+) -> None:
+    """torch (the train extra) pulls in packages the base install must declare itself:
+    the import runs with torch made unimportable, every quantizer included, and every
+    package it imports comes with the base install and the build extra (make setup)."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
+    assert {"sympy", "onnx", "onnxruntime", "numpy"} <= declared
+    setup = _installed_by(
+        [*project["dependencies"], *project["optional-dependencies"]["build"]]
+    ) | {canonicalize_name(project["name"])}
+    blocker = tmp_path / "no_torch"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCK_TORCH)
+    imports = tmp_path / "imports.txt"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{blocker}{os.pathsep}{REPO_ROOT}",
+        "IMPORTS_FILE": str(imports),
+    }
+    hidden = subprocess.run(
+        [sys.executable, "-c", "import torch"],
+        check=False, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert hidden.returncode != 0 and "No module named 'torch'" in hidden.stderr
+    repo = tmp_path / "repo"
+    argv = [sys.executable, "-m", "offline.importing"]
+    argv += _text_argv(text_data, repo, *PADDLE_FLAGS, "--opset", "13")
+    done = subprocess.run(
+        argv, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((repo / "textorient_fp32" / CARD_JSON).read_text())
+    assert card["built"]["failed"] == []
+    assert {c["method"] for c in card["built"]["candidates"]} == set(QUANTIZERS)
+    assert "torch" not in card["built"]["tool_versions"]
+    assert "converted from opset 11 to 13" in card["built"]["how"]
+    owners = metadata.packages_distributions()
+    undeclared = {
+        module: owners[module]
+        for module in imports.read_text().split()
+        if module in owners and not {canonicalize_name(d) for d in owners[module]} & setup
+    }
+    assert not undeclared, f"imported, but not installed by make setup: {undeclared}"
+
+
+def test_debug_adds_the_traceback_to_the_one_line(
+    tmp_path: Path, text_data: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = _text_argv(text_data, tmp_path / "repo", *PADDLE_FLAGS, "--output-kind", "logits")
+    assert main(argv) == 2
+    assert caplog.records[-1].exc_info is None
+    assert main([*argv, "--debug"]) == 2
+    record = caplog.records[-1]
+    assert "comes from a Softmax" in record.getMessage()
+    assert record.exc_info is not None

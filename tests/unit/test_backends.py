@@ -192,3 +192,33 @@ def test_a_signal_after_an_openvino_model_is_dropped_on_another_thread_is_handle
     # A dangling alternate signal stack makes the kernel kill the process with SIGSEGV.
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.strip() == "handled"
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_warmup_fills_dynamic_axes_from_the_shape_hints(name: str, tmp_path: Path) -> None:
+    """A graph with dynamic height and width whose MaxPool needs more than 1x1: warm-up and
+    timing feed it the sizes the spec gives, not 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[4, 4], strides=[4, 4]),
+            helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["y"]),
+        ],
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "pool.onnx"
+    onnx.save(model, str(path))
+    engine = create_backend(name, path)
+    engine.load()
+    engine.shape_hints = {"x": (3, 48, 192)}
+    assert engine.sample_inputs(2)["x"].shape == (2, 3, 48, 192)
+    engine.warmup((1, 2))
+    engine.shape_hints = {"x": (48, 192)}  # a hint of another rank is not used
+    assert engine.sample_inputs(1)["x"].shape == (1, 3, 1, 1)
