@@ -2,12 +2,14 @@
 
     python -m bench.docs                 # render from docs/results/ (make docs)
     python -m bench.docs --take results  # first copy a run's results/bench-*.json there
-    python -m bench.docs --check         # exit 1 when the page differs from its rendering
+    python -m bench.docs --check         # exit 1 when a page differs from its rendering
 
 Each benchmark writes one JSON file (`bench.results`, or its own report model) with the CPU it
-ran on. The page holds one block per benchmark between `<!-- results: NAME -->` and
-`<!-- /results -->`; everything inside a block is rendered, everything outside is prose. A
-figure on the page is therefore always one a command printed, with its command and machine.
+ran on. docs/performance.md holds one block per benchmark between `<!-- results: NAME -->` and
+`<!-- /results -->`, and the README one `headline` block of a few figures; docs/serving.md's
+`<!-- generated: settings -->` and `endpoints` blocks come from the settings classes and the
+OpenAPI document. Everything inside a block is rendered, everything outside is prose. A
+figure on either page is therefore always one a command printed, with its command and machine.
 """
 
 from __future__ import annotations
@@ -26,8 +28,14 @@ from runners.settings import REPO_ROOT
 DOCS = REPO_ROOT / "docs"
 COMMITTED = DOCS / "results"
 PAGE = DOCS / "performance.md"
+README = REPO_ROOT / "README.md"
+SERVING = DOCS / "serving.md"
 PLOTS = DOCS / "performance"
-BLOCK = re.compile(r"(<!-- results: (?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- (?:results|generated): (?P<name>[a-z]+) -->\n)(?P<body>.*?)"
+    r"(<!-- /(?:results|generated) -->)",
+    re.S,
+)
 
 Result = dict[str, Any]
 
@@ -164,6 +172,144 @@ def overload(result: Result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _best_ratio(raw: Result, family: str, variant: str, size: int) -> tuple[float, str] | None:
+    found = [
+        (r["over_fp32"], r["backend"])
+        for r in raw["ratios"]
+        if (r["family"], r["variant"], r["batch_size"]) == (family, variant, size)
+    ]
+    return max(found) if found else None
+
+
+def headline(folder: Path) -> str:
+    """The README's few figures, each linked to the section that says how it is measured."""
+    rows = []
+    raw_result = load("raw", folder)
+    if raw_result is not None:
+        for variant in ("int8", "bf16"):
+            found = [_best_ratio(raw_result, "resnet50", variant, size) for size in (1, 8, 32)]
+            cells = [cell for cell in found if cell is not None]
+            if len(cells) == len(found):
+                figures = " / ".join(f"{ratio:.2f}×" for ratio, _ in cells)
+                backends = sorted({backend for _, backend in cells})
+                rows.append(
+                    f"| ResNet-50 class, {variant.upper()} ÷ FP32 images/s, batch 1 / 8 / 32 "
+                    f"({', '.join(backends)}) | {figures} | "
+                    "[raw benchmark](docs/performance.md#raw-benchmark) |"
+                )
+    rollout_result = load("rollout", folder)
+    if rollout_result is not None:
+        rows.append(
+            f"| A rollout under load: throughput ÷ steady, p99 ÷ steady | "
+            f"{rollout_result['throughput_ratio']:.2f}, {rollout_result['p99_ratio']:.2f}× | "
+            "[rollout](docs/performance.md#a-rollout-under-load) |"
+        )
+    log_result = load("predictionlog", folder)
+    if log_result is not None:
+        rows.append(
+            f"| The prediction log: throughput with ÷ without, records dropped | "
+            f"{log_result['throughput_ratio']:.3f}, {log_result['records_dropped']} | "
+            "[prediction log](docs/performance.md#the-prediction-logs-cost) |"
+        )
+    serve_result = load("serve", folder)
+    if serve_result is not None:
+        for target in serve_result["targets"]:
+            if target["what"].startswith("service"):
+                rows.append(
+                    f"| Served: {target['what']} | {target['value']:.2f} | "
+                    "[served benchmark](docs/performance.md#served-benchmark) |"
+                )
+    if not rows:
+        return "No committed results yet: see [docs/performance.md](docs/performance.md).\n"
+    machines = sorted(
+        {r["machine"] for r in (raw_result, rollout_result, log_result, serve_result) if r}
+    )
+    return (
+        "| figure | measured | how |\n| --- | --- | --- |\n"
+        + "\n".join(rows)
+        + f"\n\nMeasured on {'; '.join(machines)}.\n"
+    )
+
+
+# Settings classes, in the order docs/serving.md lists them: (import path, class name).
+SETTINGS = (
+    ("serving.settings", "ServingSettings"),
+    ("runners.settings", "BackendSettings"),
+    ("runners.settings", "DataSettings"),
+    ("monitoring.settings", "PredictionLogSettings"),
+    ("monitoring.settings", "DriftSettings"),
+    ("lifecycle.settings", "RegistrySettings"),
+    ("lifecycle.controller", "RolloutSettings"),
+    ("triton_server.settings", "TritonSettings"),
+)
+
+
+def _default(field: Any) -> str:
+    from pydantic_core import PydanticUndefined
+
+    value = field.default
+    if value is PydanticUndefined:
+        return "(required)"
+    if value is None:
+        return "none"
+    if isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
+        return f"<project>/{value.relative_to(REPO_ROOT).as_posix()}"
+    text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+    return text.replace("|", "\\|")
+
+
+def settings_reference() -> str:
+    """One table per settings class: environment variable, default, meaning."""
+    import importlib
+
+    sections = []
+    seen: set[str] = set()
+    for module, name in SETTINGS:
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        prefix = cls.model_config.get("env_prefix", "")
+        rows = []
+        for field_name, field in cls.model_fields.items():
+            variable = f"{prefix}{field_name}".upper()
+            if variable in seen:
+                continue
+            seen.add(variable)
+            meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
+            rows.append(f"| `{variable}` | `{_default(field)}` | {meaning} |")
+        if rows:
+            doc = (cls.__doc__ or "").strip().splitlines()[0]
+            sections.append(
+                f"### `{name}` ({module})\n\n{doc}\n\n| variable | default | meaning |\n"
+                "| --- | --- | --- |\n" + "\n".join(rows) + "\n"
+            )
+    return "\n".join(sections)
+
+
+def endpoints_reference() -> str:
+    """Every route of the BentoML service's OpenAPI document, with its summary."""
+    from serving.app import create_app
+    from serving.settings import ServingSettings
+
+    document = create_app(ServingSettings()).openapi()
+    rows = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            secured = "admin" if operation.get("security") else "open"
+            rows.append(
+                f"| `{method.upper()} {path}` | {secured} | {operation.get('summary', '')} |"
+            )
+    return "| endpoint | credential | what |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n"
+
+
+# Blocks rendered from the code itself rather than from a benchmark's results.
+REFERENCES: dict[str, Callable[[], str]] = {
+    "settings": settings_reference,
+    "endpoints": endpoints_reference,
+}
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "raw": raw,
     "serve": serve,
@@ -186,6 +332,10 @@ def render_page(text: str, folder: Path = COMMITTED) -> str:
 
     def block(match: re.Match[str]) -> str:
         name = match.group("name")
+        if name == "headline":
+            return f"{match.group(1)}{headline(folder)}{match.group(4)}"
+        if name in REFERENCES:
+            return f"{match.group(1)}{REFERENCES[name]()}{match.group(4)}"
         if name not in RENDERERS:
             raise SystemExit(f"{PAGE}: unknown results block {name!r}; known: {list(RENDERERS)}")
         result = load(name, folder)
@@ -239,14 +389,18 @@ def main(argv: list[str] | None = None) -> int:
             source = args.take / f"bench-{name}.json"
             if source.is_file():
                 shutil.copyfile(source, COMMITTED / source.name)
-    current = PAGE.read_text()
-    rendered = render_page(current)
-    if args.check:
+    stale = []
+    for page in (PAGE, README, SERVING):
+        current = page.read_text()
+        rendered = render_page(current)
         if rendered != current:
-            sys.stderr.write(f"{PAGE} is not rendered from {COMMITTED}: run `make docs`\n")
-            return 1
-        return 0
-    PAGE.write_text(rendered)
+            stale.append(page)
+            if not args.check:
+                page.write_text(rendered)
+    if args.check:
+        for page in stale:
+            sys.stderr.write(f"{page} is not rendered from {COMMITTED}: run `make docs`\n")
+        return 1 if stale else 0
     result = load("raw")
     if result is not None:
         plot_raw(result, PLOTS / "bench-raw.png")
