@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from lifecycle.settings import RetrainSettings
-from runners.errors import BadInput, Conflict, NotFound
+from runners.errors import BadInput, Conflict, NotFound, ServingError
 from runners.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,12 @@ class Jobs:
             return ""
 
     def describe(self, job: Job) -> dict[str, Any]:
-        """The endpoint's view: the record without its process id, with the log's tail."""
-        return {**job.model_dump(exclude={"pid", "repository"}), "log_tail": self.log_tail(job)}
+        """The endpoint's view: the record without its process id, with where its version's
+        rollout stands now and the log's tail."""
+        shown = job.model_dump(exclude={"pid", "repository"})
+        if job.rollout is not None and job.version is not None:
+            shown["rollout"] = {**job.rollout, "now": rollout_now(job)}
+        return {**shown, "log_tail": self.log_tail(job)}
 
     def running(self, model: str) -> Job | None:
         """The model's unfinished job, if any (a lost one is marked failed and unlocked)."""
@@ -204,6 +208,27 @@ class Jobs:
         self.save(job)
         self._unlock(job.model, job.job)
         return job
+
+
+def rollout_now(job: Job) -> str:
+    """Where the job's version stands in the repository: `canary` (being rolled out),
+    `champion` (promoted), `rolled_back` (a rollout that ended without it), `challenger`."""
+    from lifecycle.promote import family_entries
+
+    try:
+        entries = family_entries(Path(job.repository), job.model)
+    except ServingError:
+        return "unknown"
+    if not entries:
+        return "unknown"
+    first = next(iter(entries.values()))
+    if first.rollout is not None and first.rollout.challenger == job.version:
+        return "canary"
+    if first.version == job.version:
+        return "champion"
+    if job.rollout is not None and job.rollout.get("started"):
+        return "rolled_back"
+    return "challenger"
 
 
 def _alive(pid: int) -> bool:

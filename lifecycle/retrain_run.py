@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lifecycle.promote import family_entries, publish_built
-from lifecycle.registry import Registry
+from lifecycle.registry import CHAMPION, Registry
 from lifecycle.retrain import JOB_FILE, Job, Jobs
 from lifecycle.settings import RetrainSettings
 from lifecycle.training_data import TrainingImages
@@ -68,7 +68,7 @@ class Progress:
 
 
 def _labelled_folder(folder: Path, labels: tuple[str, ...]) -> list[tuple[Path, int]]:
-    found = []
+    found: list[tuple[Path, int]] = []
     for label in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         if label.name in labels:
             index = labels.index(label.name)
@@ -286,6 +286,12 @@ def run(folder: Path, settings: RetrainSettings | None = None) -> Job:
         if "fp32" not in entries:
             raise NotFound(f"{repository} serves no model {job.model!r} (fp32)")
         champion = entries["fp32"]
+        registry = Registry()
+        if registry.alias(job.model, CHAMPION) is None:
+            raise Conflict(
+                f"{job.model} has no champion in the registry {registry.where}: a retrain "
+                f"would replace what the repository serves; register it first (make models)"
+            )
         with tempfile.TemporaryDirectory(prefix=f"retrain-{job.model}-") as scratch:
             data = Path(scratch) / "labelled"
             data.mkdir()
@@ -304,7 +310,6 @@ def run(folder: Path, settings: RetrainSettings | None = None) -> Job:
                 build, how = _build_digits(step, settings, champion, data, epochs)
             else:
                 build, how = _build_imported(step, settings, champion, data)
-            registry = Registry()
             published = publish_built(
                 registry, repository, job.model, build, f"retrain {job.job} ({job.reason}): {how}"
             )
