@@ -147,8 +147,15 @@ def _verdict(
 
 
 def _build_digits(
-    step: Progress, settings: RetrainSettings, champion: ModelEntry, data: Path, epochs: int
+    step: Progress,
+    settings: RetrainSettings,
+    served: dict[str, ModelEntry],
+    data: Path,
+    epochs: int,
 ) -> tuple[Any, str]:
+    """The build: train, publish (INT8 gate; BF16 tried where the champion serves one, so
+    the candidate can take its traffic), then the comparison with the champion."""
+    champion = served["fp32"]
     from offline import digits
     from offline.data import load_heldout, load_splits
 
@@ -176,7 +183,7 @@ def _build_digits(
             digits.build(
                 staging, retrain=True, epochs=epochs, source=champion.directory.parent,
                 measure_duration_s=settings.retrain_measure_duration_s, extra=extra,
-                fine_tune=fine_tune, on_epoch=on_epoch, how=how,
+                fine_tune=fine_tune, on_epoch=on_epoch, how=how, bf16="bf16" in served,
             )  # fmt: skip
         except AccuracyGateFailed as exc:
             refused = exc.message
@@ -307,7 +314,7 @@ def run(folder: Path, settings: RetrainSettings | None = None) -> Job:
                     or (SCRATCH_EPOCHS if settings.retrain_from_scratch else FINE_TUNE_EPOCHS)
                 )
                 step(epochs=epochs)
-                build, how = _build_digits(step, settings, champion, data, epochs)
+                build, how = _build_digits(step, settings, entries, data, epochs)
             else:
                 build, how = _build_imported(step, settings, champion, data)
             published = publish_built(

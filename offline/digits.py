@@ -65,12 +65,13 @@ def build(
     fine_tune: Path | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     how: str = "",
+    bf16: bool = True,
 ) -> ModelCard:
     """Publish digits_fp32 and digits_int8 (gated on the held-out split) into `repository`.
     Without `retrain` the FP32 file is the one repository `source` (default: the same one)
     serves, and it is trained anew only where there is none. A retrain trains on the
     training split plus `extra` (uint8 digits, labels), from the weights of the exported
-    model `fine_tune` when given."""
+    model `fine_tune` when given. `bf16` False: no BF16 variant is tried."""
     splits = load_splits()
     if extra is not None and len(extra[0]):
         splits = DigitSplits(
@@ -128,5 +129,6 @@ def build(
                 ".venv/bin/python -m offline digits --retrain",
                 quantizers=quantizers,
                 measure_duration_s=measure_duration_s,
+                bf16=bf16,
             )
         )
