@@ -106,8 +106,9 @@ class Jobs:
         folder = self.root / model
         if not folder.is_dir():
             return []
-        found = [self._read(p / JOB_FILE) for p in sorted(folder.iterdir(), reverse=True)]
-        return [self._settled(job) for job in found if job is not None]
+        found = [self._read(p / JOB_FILE) for p in folder.iterdir() if p.is_dir()]
+        jobs = sorted((job for job in found if job is not None), key=lambda job: job.created_at)
+        return [self._settled(job) for job in reversed(jobs)]
 
     def get(self, job_id: str) -> Job:
         if not JOB_ID.fullmatch(job_id):
