@@ -253,26 +253,26 @@ def _build_imported(
 
 
 def _roll_out(
-    step: Progress, settings: RetrainSettings, registry: Registry, where: tuple[Path, str, int]
-) -> None:
+    settings: RetrainSettings, registry: Registry, where: tuple[Path, str, int]
+) -> dict[str, Any]:
     """Roll version `number` out as a canary (the controller decides), or leave it the
-    challenger; `where`: repository, family, number."""
-    repository, family, number = where
+    challenger; `where`: repository, family, number. What happened, for the job."""
     from lifecycle import rollout
 
+    repository, family, number = where
     if settings.retrain_rollout <= 0:
-        step(rollout={"started": False, "why": "IMGSERVE_RETRAIN_ROLLOUT is 0: the registry's "
-                      "challenger, for a person to roll out"})  # fmt: skip
-        return
+        return {
+            "started": False,
+            "why": "IMGSERVE_RETRAIN_ROLLOUT is 0: the registry's challenger, for a person",
+        }
     try:
         started = rollout.start(
             registry, repository, family, number, canary_share=settings.retrain_rollout,
             shadow_share=settings.retrain_shadow_share, decide=True,
         )  # fmt: skip
     except (Conflict, NotFound) as exc:
-        step(rollout={"started": False, "why": exc.message})
-        return
-    step(rollout={"started": True, **started.model_dump()})
+        return {"started": False, "why": exc.message}
+    return {"started": True, **started.model_dump()}
 
 
 def run(folder: Path, settings: RetrainSettings | None = None) -> Job:
@@ -322,12 +322,14 @@ def run(folder: Path, settings: RetrainSettings | None = None) -> Job:
             )
         number = published.version.number
         registry.tag(job.model, number, "retrain_job", job.job)
-        step(state="registered", phase="registered", version=number, progress=1.0)
         log.info("registered %s version %d", job.model, number)
-        if not published.promoted:
-            _roll_out(step, settings, registry, (repository, job.model, number))
-        else:
-            step(rollout={"started": False, "why": "no champion served: it is the champion"})
+        rolled = (
+            _roll_out(settings, registry, (repository, job.model, number))
+            if not published.promoted
+            else {"started": False, "why": "no champion served: it is the champion"}
+        )
+        log.info("rollout: %s", rolled)
+        step(state="registered", phase="registered", version=number, progress=1.0, rollout=rolled)
     except Rejected as exc:
         log.info("rejected: %s", exc.message)
         step(state="rejected", phase="rejected", verdict=exc.verdict, progress=1.0)

@@ -102,7 +102,6 @@ def test_shifted_digits_labelled_retrained_registered_promoted_and_better(
     server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:
         client = httpx.Client(base_url=server.url, timeout=30)
-        before = shifted_accuracy(server)
 
         # Shifted traffic, queued for review, labelled with the truth.
         pngs, truths = inverted_training_digits(LABELLED_IN_REVIEW + UPLOADED, seed=3)
@@ -128,6 +127,7 @@ def test_shifted_digits_labelled_retrained_registered_promoted_and_better(
                 headers=ADMIN,
             )
             assert labelled.status_code == 200, labelled.text
+        before = shifted_accuracy(server)  # after the labelling: the queue is oldest first
 
         # Uploaded labelled images: a zip (one broken image, one unknown label, refused by
         # name) and a multipart upload with a label field.
