@@ -172,9 +172,8 @@ def _build_digits(
     held_images, held_labels = load_heldout()
     held_inputs = digits.as_served(held_images)
 
-    def on_epoch(done: int, total: int, loss: float) -> None:
+    def on_epoch(done: int, total: int, _loss: float) -> None:
         step(phase=f"training: epoch {done}/{total}", progress=round(0.05 + 0.6 * done / total, 4))
-        log.info("epoch %d/%d loss %.4f", done, total, loss)
 
     def build(staging: Path) -> None:
         step(phase="training", progress=0.05)
