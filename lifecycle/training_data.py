@@ -24,7 +24,7 @@ from sqlalchemy import and_, func, select
 
 from lifecycle.settings import RetrainSettings
 from monitoring.review import EXTENSIONS
-from runners.errors import BadInput, PayloadTooLarge, ServingError
+from runners.errors import PayloadTooLarge, ServingError, UnusableUpload
 from runners.preprocessing import ImageLimits
 from runners.tasks.base import Task
 
@@ -67,7 +67,7 @@ def unzip(
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
-        raise BadInput(f"the body is not a zip archive: {exc}") from None
+        raise UnusableUpload(f"the body is not a zip archive: {exc}") from None
     images: list[Labelled] = []
     refused: list[dict[str, str]] = []
     with archive:
@@ -243,5 +243,5 @@ def _nothing_usable(count: int, refused: list[dict[str, str]]) -> ServingError:
     shown = "; ".join(f"{r['name']}: {r['message']}" for r in refused[:10])
     more = f"; and {len(refused) - 10} more" if len(refused) > 10 else ""
     if not count:
-        return BadInput("the upload holds no image")
-    return BadInput(f"none of the {count} images is usable: {shown}{more}")
+        return UnusableUpload("the upload holds no image")
+    return UnusableUpload(f"none of the {count} images is usable: {shown}{more}")

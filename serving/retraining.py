@@ -30,7 +30,7 @@ from lifecycle.settings import RegistrySettings, RetrainSettings
 from lifecycle.training_data import Labelled, TrainingImages, unzip
 from runners.errors import BadInput, Conflict, DeadlineExceeded, NotFound, UnsupportedMediaType
 from serving.bodies import MULTIPART, media_type, read_body
-from serving.openapi import ADMIN_ERRORS
+from serving.openapi import ADMIN_ERRORS, ERRORS
 from serving.query import check_query
 from serving.settings import ServingSettings
 
@@ -69,8 +69,21 @@ def _ok(description: str, status: int = 200, example: Any = None) -> dict[int | 
     return {status: {"description": description, "content": {"application/json": content}}}
 
 
+_UPLOAD_ERRORS: dict[int | str, Any] = {
+    413: ERRORS[413],
+    415: ERRORS[415],
+    422: {
+        "description": "A well-formed upload none of whose images is usable (not a zip "
+        "archive, or every image refused); each refusal is named.",
+        "content": {"application/json": {"schema": ERRORS[422]["content"]["application/json"][
+            "schema"], "example": {"error": "UnusableUpload", "reason": "unusable",
+            "message": "none of the 2 images is usable: 7/a.png: cannot decode the image"}}},
+    },
+}  # fmt: skip
+
+
 def _errors(*codes: int) -> dict[int | str, Any]:
-    return {code: ADMIN_ERRORS[code] for code in codes if code in ADMIN_ERRORS}
+    return {code: {**ADMIN_ERRORS, **_UPLOAD_ERRORS}[code] for code in codes}
 
 
 def _upload_body(max_images: int) -> dict[str, Any]:
@@ -153,7 +166,7 @@ def add_retraining_routes(
         dependencies=admin,
         summary="Upload labelled training images for a model's next retrain",
         description="Each image goes through the decoder and limits of the API; a refused one "
-        "is named in the answer with why. 400 when no image is usable.",
+        "is named in the answer with why. 422 when no image is usable.",
         openapi_extra=_upload_body(retrain.training_upload_max_images),
         responses={
             **_ok("Accepted and refused images, and the counts per label."),

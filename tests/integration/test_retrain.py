@@ -157,10 +157,10 @@ def test_shifted_digits_labelled_retrained_registered_promoted_and_better(
             assert multipart.status_code == 200, multipart.text
         nothing = client.post(url, params=params, headers={**zip_type, **ADMIN},
                               content=zipped([b"junk"], ["1"], {}))  # fmt: skip
-        assert nothing.status_code == 400 and "0.png" in nothing.json()["message"], nothing.text
+        assert nothing.status_code == 422 and "0.png" in nothing.json()["message"], nothing.text
         one = [("images", ("a.png", pngs[0], "image/png"))]
         unknown = client.post(url, params=params, data={"label": "cat"}, files=one, headers=ADMIN)
-        assert unknown.status_code == 400 and "not a label" in unknown.text, unknown.text
+        assert unknown.status_code == 422 and "not a label" in unknown.text, unknown.text
         counts = client.get(url, params=params, headers=ADMIN).json()
         assert counts["total"] == LABELLED_IN_REVIEW + UPLOADED, counts
         assert sum(counts["reviewed"].values()) == LABELLED_IN_REVIEW

@@ -12,7 +12,7 @@ import pytest
 from lifecycle.retrain import Jobs, labels_since_last
 from lifecycle.settings import RetrainSettings
 from lifecycle.training_data import unzip
-from runners.errors import BadInput, Conflict, PayloadTooLarge
+from runners.errors import Conflict, PayloadTooLarge, UnusableUpload
 
 
 def jobs(tmp_path: Path) -> Jobs:
@@ -68,5 +68,5 @@ def test_a_zip_is_read_by_its_label_folders_and_refuses_by_name() -> None:
     }  # fmt: skip
     with pytest.raises(PayloadTooLarge):
         unzip(buffer.getvalue(), max_images=2, max_image_bytes=50)
-    with pytest.raises(BadInput, match="not a zip"):
+    with pytest.raises(UnusableUpload, match="not a zip"):
         unzip(b"plain bytes", max_images=2, max_image_bytes=50)
