@@ -273,3 +273,60 @@ def test_a_worse_candidate_is_rejected_and_not_registered(tmp_path: Path) -> Non
     assert registry.aliases(FAMILY) == {CHAMPION: 1}
     assert CHALLENGER not in registry.aliases(FAMILY)
     assert not (data / "retrain" / FAMILY / ".running").exists()
+
+
+def test_an_imported_model_is_recalibrated_and_gated_on_the_new_labels(tmp_path: Path) -> None:
+    """An imported model keeps its FP32 file: a retrain re-runs calibration and the gate on
+    the labelled images and registers the result when it passes."""
+    from lifecycle.promote import publish_built
+    from lifecycle.settings import RetrainSettings
+    from lifecycle.training_data import Labelled, TrainingImages
+    from offline.importing import import_model
+    from runners.preprocessing import ImageLimits
+    from runners.repository import read_model
+    from runners.tasks import get_task
+    from tests.integration.test_import import LABELS, build_classifier, colour_image
+
+    data, repository = tmp_path / "data", tmp_path / "repo"
+    registry = Registry(RegistrySettings(data_dir=data))
+    model = build_classifier(tmp_path / "model.onnx")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS) + "\n")
+    rng = np.random.default_rng(5)
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for i in range(12):
+        colour_image(LABELS[i % 4], rng).save(calibration / f"{i}.png")
+    publish_built(
+        registry, repository, "colours",
+        lambda staging: import_model(
+            model, "colours", labels=labels, calibration=calibration, repository=staging,
+            quantizers=("onnxruntime_qdq",), measure_batch_sizes=(1,), measure_duration_s=0.05,
+        ),
+        "imported",
+    )  # fmt: skip
+    entry = read_model(repository / "colours_fp32")
+    uploads = []
+    for i in range(24):
+        buffer = io.BytesIO()
+        colour_image(LABELS[i % 4], rng).save(buffer, format="PNG")
+        uploads.append(Labelled(f"{i}.png", LABELS[i % 4], buffer.getvalue()))
+    stored = TrainingImages(RetrainSettings(data_dir=data)).add(
+        "colours", uploads, task=get_task(entry.task), entry=entry, limits=ImageLimits()
+    )
+    assert stored["accepted"] == 24 and stored["total"] == 24
+    env = {**os.environ, "IMGSERVE_DATA_DIR": str(data), "IMGSERVE_RETRAIN_ROLLOUT": "0",
+           "IMGSERVE_RETRAIN_MEASURE_DURATION_S": "0.05"}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "retrain", "colours", "--repository", str(repository)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    job = json.loads(run.stdout.splitlines()[-1])
+    assert job["state"] == "registered" and job["version"] == 2, job
+    assert job["labels_used"] == 24
+    verdict = job["verdict"]
+    assert verdict["passed"] and verdict["champion_top1"] == verdict["candidate_top1"]["fp32"]
+    assert verdict["candidate_top1"]["int8"] is not None
+    assert job["rollout"] == {"started": False, "why": job["rollout"]["why"]}
+    assert registry.aliases("colours") == {CHAMPION: 1, CHALLENGER: 2}
