@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -162,6 +163,7 @@ class Jobs:
             created_at=time.time(),
             repository=str(repository),
         )
+        self.save(job)  # first: a reader that sees the lock always finds its job
         for _ in range(2):
             try:
                 descriptor = os.open(
@@ -170,6 +172,7 @@ class Jobs:
             except FileExistsError:
                 busy = self.running(model)  # clears a lost job's lock
                 if busy is not None:
+                    shutil.rmtree(self.folder(job), ignore_errors=True)
                     raise Conflict(
                         f"{model}: retrain job {busy.job} is {busy.state} ({busy.phase}); one "
                         f"runs at a time per model"
@@ -177,8 +180,8 @@ class Jobs:
                 continue
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(job.job)
-            self.save(job)
             return job
+        shutil.rmtree(self.folder(job), ignore_errors=True)
         raise Conflict(f"{model}: another retrain is starting")
 
     def release(self, job: Job) -> None:
@@ -314,7 +317,10 @@ def labels_since_last(jobs: Jobs, model: str, total: int) -> int:
 
 
 def retrain_if_labels_reached(
-    model: str, total: int, settings: RetrainSettings | None = None
+    model: str,
+    total: int,
+    settings: RetrainSettings | None = None,
+    repository: Path | None = None,
 ) -> Job | None:
     """The label-count trigger: start a retrain once `retrain_after_labels` new labels arrived
     (none while one runs). `total` is the model's labelled images now."""
@@ -326,7 +332,9 @@ def retrain_if_labels_reached(
     if jobs.running(model) is not None or labels_since_last(jobs, model, total) < threshold:
         return None
     try:
-        return request_retrain(model, f"labels: {threshold} new", settings=settings)
+        return request_retrain(
+            model, f"labels: {threshold} new", settings=settings, repository=repository
+        )
     except Conflict:
         return None
 

@@ -105,6 +105,9 @@ class RetrainSettings(DataSettings):
     training_upload_max_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Cap on one training-image upload's body."
     )
+    training_upload_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long one upload's body may take to arrive."
+    )
     training_upload_max_images: int = Field(
         default=5_000, ge=1, description="Cap on images in one training-image upload."
     )

@@ -226,7 +226,7 @@ def admin_router(settings: ServingSettings) -> APIRouter:
             decision = queue.decide(prediction_id, label, by, labels)
             if label is not None and retrain.retrain_after_labels is not None:
                 total = TrainingImages(retrain).counts(model)["total"]
-                retrain_if_labels_reached(model, total, retrain)
+                retrain_if_labels_reached(model, total, retrain, settings.repository)
             return decision
 
         return await anyio.to_thread.run_sync(run)

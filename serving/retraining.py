@@ -183,7 +183,7 @@ def add_retraining_routes(
                 f"{MULTIPART}"
             )
         try:
-            async with asyncio.timeout(settings.request_timeout_s * 6):
+            async with asyncio.timeout(retrain.training_upload_timeout_s):
                 body = await read_body(request, retrain.training_upload_max_bytes)
         except TimeoutError:
             raise DeadlineExceeded("the upload did not arrive within its deadline") from None
@@ -202,7 +202,7 @@ def add_retraining_routes(
                 model, images, task=served.task, entry=served.entry,
                 limits=settings.image_limits, refused_already=refused,
             )  # fmt: skip
-            retrain_if_labels_reached(model, answer["total"], retrain)
+            retrain_if_labels_reached(model, answer["total"], retrain, settings.repository)
             return answer
 
         return await anyio.to_thread.run_sync(add)

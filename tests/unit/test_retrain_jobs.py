@@ -4,12 +4,13 @@ and a zip of labelled images is read by its folders."""
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from lifecycle.retrain import Jobs, labels_since_last
+from lifecycle.retrain import Jobs, labels_since_last, retrain_if_labels_reached
 from lifecycle.settings import RetrainSettings
 from lifecycle.training_data import unzip
 from runners.errors import Conflict, PayloadTooLarge, UnusableUpload
@@ -70,3 +71,27 @@ def test_a_zip_is_read_by_its_label_folders_and_refuses_by_name() -> None:
         unzip(buffer.getvalue(), max_images=2, max_image_bytes=50)
     with pytest.raises(UnusableUpload, match="not a zip"):
         unzip(b"plain bytes", max_images=2, max_image_bytes=50)
+
+
+def test_the_label_count_starts_one_job_in_its_own_process_which_records_its_end(
+    tmp_path: Path,
+) -> None:
+    """A real process: its repository is empty, so the job fails, says why, and frees the
+    model."""
+    settings = RetrainSettings(data_dir=tmp_path, retrain_after_labels=5)
+    empty = tmp_path / "repo"
+    empty.mkdir()
+    assert retrain_if_labels_reached("digits", 4, settings, empty) is None
+    job = retrain_if_labels_reached("digits", 5, settings, empty)
+    assert job is not None and job.reason == "labels: 5 new" and job.pid is not None
+    assert retrain_if_labels_reached("digits", 9, settings, empty) is None  # one at a time
+    store = Jobs(settings)
+    deadline = time.monotonic() + 120
+    while store.get(job.job).state != "failed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ended = store.get(job.job)
+    assert ended.state == "failed" and "serves no model 'digits'" in (ended.error or "")
+    assert "serves no model" in store.log_tail(ended)
+    assert store.running("digits") is None
+    off = RetrainSettings(data_dir=tmp_path)
+    assert retrain_if_labels_reached("digits", 1000, off, empty) is None  # off by default
