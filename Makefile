@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve bench-rollout bench-predictionlog bench-overload compare observe dashboards fuzz soak clean
+.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve bench-rollout bench-predictionlog bench-drift bench-overload compare observe dashboards fuzz soak clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -102,6 +102,11 @@ bench-rollout: models
 PREDICTIONLOG_ARGS ?= --rounds 9 --seconds 6
 bench-predictionlog: models
 	$(PY) -m bench.predictionlog $(PREDICTIONLOG_ARGS)
+
+## bench-drift: the drift checks' false-alarm rate over held-out windows, and each real shift
+DRIFT_ARGS ?= --windows 100 --rows 200
+bench-drift: setup
+	$(PY) -m bench.drift $(DRIFT_ARGS)
 
 ## bench-overload: the service offered 2.5x its measured capacity, fixed admission limit vs the
 ## latency bound (accepted p99 client- and server-side, shed ratio, CPU); results/bench-overload.json

@@ -17,6 +17,7 @@ import bentoml
 
 from lifecycle import consistency
 from lifecycle.supervisor import Rollouts
+from monitoring.monitor import DriftMonitor
 from runners.errors import ServingError
 from runners.modelfile import check_model_file
 from runners.settings import BackendSettings
@@ -28,7 +29,7 @@ from serving.catalog import Catalog, Served
 from serving.drain import runner_bound_s, use_loopback_runner_sockets
 from serving.fastpath import FastPath
 from serving.gateway import Gateway, Runner
-from serving.metrics import count_rollout_decision, metrics_text
+from serving.metrics import count_rollout_decision, metrics_text, publish_drift
 from serving.runner import quiet, runner_service
 from serving.settings import ServingSettings
 from serving.shedding import ShedEarly
@@ -115,6 +116,8 @@ class ImageClassifier:
             count_rollout_decision,
             metrics_in_helper=True,
         )
+        # Drift checks of the served families, in subprocesses (monitoring.monitor).
+        self.drift = DriftMonitor(settings.repository, settings.models, publish_drift)
         self._warming: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
 
@@ -130,11 +133,15 @@ class ImageClassifier:
         # One entry worker judges rollouts (BentoML numbers its workers from 1).
         if settings.rollout_controller and bentoml.server_context.worker_index in (None, 1):
             self.rollouts.run_controller()
+        # One entry worker checks drift and sets the gauges every worker's /metrics reports.
+        if bentoml.server_context.worker_index in (None, 1):
+            self.drift.start()
 
     @bentoml.on_shutdown
     async def flush_the_prediction_log(self) -> None:
         # After the drain: every admitted request is answered, so every record is queued.
         self.rollouts.close()
+        self.drift.stop()
         log = self.gateway.predictions
         if log is not None and not await anyio.to_thread.run_sync(log.close):
             logger.error("prediction log: records still queued at exit were lost")

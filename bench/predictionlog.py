@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import servers
+from bench import results, servers
 from bench.loadgen import closed_loop, request_bytes
 from lifecycle.controller import parse
 from offline.card import describe_machine
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=results.default_out("predictionlog"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -101,6 +102,24 @@ def _measure(on: servers.Server, off: servers.Server, args: argparse.Namespace) 
     records = _records(on)
     dropped = int(records.get("dropped", 0))
     throughput = statistics.median(ratios)
+    results.write(
+        args.out,
+        "predictionlog",
+        {
+            "rounds": [
+                {"on_over_off": ratio, "p99_on_over_off": p99}
+                for ratio, p99 in zip(ratios, p99s, strict=True)
+            ],
+            "throughput_ratio": throughput,
+            "p99_ratio": statistics.median(p99s),
+            "records_written": int(records.get("written", 0)),
+            "records_dropped": dropped,
+            "records_failed": int(records.get("failed", 0)),
+            "answers_not_200": failed,
+            "clients": args.clients,
+            "seconds": args.seconds,
+        },
+    )  # fmt: skip
     log.info(
         f"median of {len(ratios)} rounds: throughput with logging / without {throughput:.3f} "
         f"(target >= 0.95: {'met' if throughput >= 0.95 else 'NOT MET'}), p99 "

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench import servers
+from bench import results, servers
 from bench.loadgen import Run, closed_loop, request_bytes
 from lifecycle.promote import adopt
 from lifecycle.registry import Registry
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--window-s", type=float, default=3.0, help="the controller's window")
+    parser.add_argument("--out", type=Path, default=results.default_out("rollout"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     log.info("%s", describe_machine())
@@ -147,6 +148,26 @@ def _measure(server: servers.Server, args: argparse.Namespace) -> int:
     p99 = statistics.median(r[1][1] / r[0][1] for r in rows)
     failed = sum(r[0][2] + r[1][2] for r in rows)
     promoted_all = all(r[2] == "promote" for r in rows)
+    results.write(
+        args.out,
+        "rollout",
+        {
+            "rounds": [
+                {
+                    "steady_rps": steady[0], "steady_p99_ms": steady[1],
+                    "rollout_rps": rolling[0], "rollout_p99_ms": rolling[1],
+                    "answers_not_200": steady[2] + rolling[2], "decision": decided,
+                }
+                for steady, rolling, decided in rows
+            ],
+            "throughput_ratio": throughput,
+            "p99_ratio": p99,
+            "answers_not_200": failed,
+            "every_rollout_promoted": promoted_all,
+            "clients": args.clients,
+            "seconds": args.seconds,
+        },
+    )  # fmt: skip
     log.info(
         f"median of {len(rows)} rounds: rollout / steady throughput {throughput:.2f} "
         f"(target >= 0.90: {'met' if throughput >= 0.9 else 'NOT MET'}), p99 {p99:.2f}x "

@@ -24,6 +24,7 @@ from runners.repository import (
     CARD_JSON,
     CARD_MD,
     CONFIG_FILE,
+    DRIFT_REFERENCE,
     MODEL_FILE,
     REGISTRY_STAMP,
     ModelEntry,
@@ -87,7 +88,7 @@ def promote(registry: Registry, repository: Path, family: str, number: int) -> l
             entry = read_model(staged, name=name, version=number)
             extras = {
                 file: (staged / file).read_text()
-                for file in (CARD_JSON, CARD_MD)
+                for file in (CARD_JSON, CARD_MD, DRIFT_REFERENCE)
                 if (staged / file).is_file()
             }
             extras[REGISTRY_STAMP] = stamp(registry, version, variant)

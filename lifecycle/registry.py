@@ -5,7 +5,8 @@ run (parameters: how it was built, preprocessing, quantization; metrics: held-ou
 variant, agreements, sizes, raw throughput; tags: the CPU) whose artifacts are every variant's
 files, and one numbered model version pointing at them:
 
-    model/<variant>/model.onnx, config.pbtxt, labels.txt, model_card.json, model_card.md
+    model/<variant>/model.onnx, config.pbtxt, labels.txt, model_card.json, model_card.md,
+    drift_reference.json (monitoring.drift)
 
 The version's tags hold each variant file's SHA-256, so what a repository serves can be told
 apart from what the registry holds. Aliases (`champion`: what the repository serves,
@@ -34,6 +35,7 @@ from runners.repository import (
     CARD_JSON,
     CARD_MD,
     CONFIG_FILE,
+    DRIFT_REFERENCE,
     LABELS_FILE,
     MODEL_FILE,
     ModelEntry,
@@ -47,7 +49,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
 EXPERIMENT_PREFIX = "imgserve/"
-VARIANT_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE, CARD_JSON, CARD_MD)
+VARIANT_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE, CARD_JSON, CARD_MD, DRIFT_REFERENCE)
 DIGEST_TAG = "sha256."  # + variant
 
 

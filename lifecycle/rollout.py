@@ -20,6 +20,7 @@ from runners.errors import Conflict, NotFound
 from runners.repository import (
     CARD_JSON,
     CARD_MD,
+    DRIFT_REFERENCE,
     MODEL_FILE,
     REGISTRY_STAMP,
     ModelEntry,
@@ -37,7 +38,7 @@ SIGNATURE = ("task", "inputs", "outputs", "labels", "preprocess")
 def _extras(entry: ModelEntry) -> dict[str, str]:
     return {
         name: (entry.directory / name).read_text()
-        for name in (CARD_JSON, CARD_MD, REGISTRY_STAMP)
+        for name in (CARD_JSON, CARD_MD, DRIFT_REFERENCE, REGISTRY_STAMP)
         if (entry.directory / name).is_file()
     }
 

@@ -1,1 +1,2 @@
-"""What the served model sees: the prediction log and the image sample kept for review."""
+"""What the served model sees: the prediction log, the image sample kept for review, and
+drift from each version's reference."""

@@ -19,10 +19,11 @@ DuckDB, the other embedded choice, is columnar and fast to scan, but one process
 may open its file for writing, and a BentoML service has several. A team points
 `IMGSERVE_PREDICTION_LOG_URL` at PostgreSQL (`postgresql+psycopg://...`).
 
-Kept images: the uncertain ones (top-1 confidence within `review_band`) and a random
-`image_sample_share` of the rest are written under the images folder within
-`image_budget_bytes`, the oldest removed first. Retention: the writer deletes rows (and
-images) older than `prediction_log_retention_days` once an hour.
+Kept images: the uncertain ones (top-1 confidence within `review_band`), those on which a
+shadowing challenger disagreed with the answer, and a random `image_sample_share` of the rest
+are written under the images folder within `image_budget_bytes`, the oldest removed first.
+Retention: the writer deletes rows (and images) older than `prediction_log_retention_days`
+once an hour.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ _POSITION = {name: i for i, name in enumerate(store.COLUMNS)}
 _STATS = tuple(_POSITION[name] for name in ("width", "height", "format", "pixel_mean", "pixel_std"))
 _FIELDS = tuple(_POSITION[name] for name in ("label", "score", "labels", "scores"))
 _OUTCOME = _POSITION["outcome"]
+_SHADOW = (_POSITION["shadow_version"], _POSITION["shadow_agreed"])
 
 
 def _no_count(_outcome: str, _count: int) -> None:
@@ -82,10 +84,10 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._send, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def wants_image(self, score: float | None) -> bool:
-        """Whether an answer with this top-1 confidence keeps its image."""
+    def wants_image(self, score: float | None, disagreed: bool = False) -> bool:
+        """Whether an answer with this top-1 confidence (and shadow verdict) keeps its image."""
         low, high = self.settings.review_band
-        if score is not None and low <= score <= high:
+        if disagreed or (score is not None and low <= score <= high):
             return True
         return random.random() < self.settings.image_sample_share
 
@@ -100,11 +102,14 @@ class PredictionLog:
         results: Sequence[Any],
         stats: Sequence[InputStats],
         images: Sequence[bytes],
+        shadows: Sequence[int] = (),
     ) -> None:
         """Record one request's images: `results` has the answer (or the ServingError) of
-        each image in order, `stats` the statistics of those that decoded, in order."""
+        each image in order, `stats` the statistics of those that decoded, in order, and
+        `shadows` their shadow verdicts (`runners.versions.SHADOW`), when any was shadowed."""
         at = time.time()
         decoded = iter(stats)
+        verdicts = iter(shadows)
         common = (labels["model"], labels["variant"], version, labels["backend"])
         for index, result in enumerate(results):
             row: list[Any] = [None] * len(store.COLUMNS)
@@ -123,7 +128,10 @@ class PredictionLog:
                 row[_STATS[0] : _STATS[-1] + 1] = (
                     stat.width, stat.height, stat.format, stat.pixel_mean, stat.pixel_std,
                 )  # fmt: skip
-            if index < len(images) and self.wants_image(fields.get("score")):
+            verdict = next(verdicts, 0)
+            if verdict:
+                row[_SHADOW[0]], row[_SHADOW[1]] = abs(verdict), verdict > 0
+            if index < len(images) and self.wants_image(fields.get("score"), verdict < 0):
                 row[store.IMAGE] = images[index]
             self.record(tuple(row))
 

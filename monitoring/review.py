@@ -1,8 +1,10 @@
 """The review queue: uncertain predictions with their kept image, labelled or discarded by a
 person, and exported as an ImageFolder tree for retraining.
 
-The queue is a query over the prediction log, not a copy: an answered image whose top-1
-confidence lies within `review_band` and whose image was kept, with no decision yet. A
+The queue is a query over the prediction log, not a copy: an answered image whose image was
+kept, with no decision yet, and whose top-1 confidence lies within `review_band` or on which
+a shadowing challenger disagreed (`shadow_agreed` false: one of the two versions is wrong, and
+a label says which). A
 decision (`monitoring.schema.review_labels`: the label or a discard, who, when) is one row
 per prediction; a second decision on the same prediction is refused (409). The export writes
 `<folder>/<label>/<prediction id>.<ext>`, the layout `python -m offline import --validation`
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from monitoring.schema import predictions, review_labels
@@ -41,8 +43,10 @@ class ReviewQueue:
         condition = and_(
             predictions.c.outcome == "ok",
             predictions.c.image.is_not(None),
-            predictions.c.score >= low,
-            predictions.c.score <= high,
+            or_(
+                and_(predictions.c.score >= low, predictions.c.score <= high),
+                predictions.c.shadow_agreed.is_(False),
+            ),
         )
         if model is not None:
             condition = and_(condition, predictions.c.model == model)
@@ -54,7 +58,7 @@ class ReviewQueue:
         waiting = and_(self._uncertain(model), predictions.c.id.not_in(decided))
         columns = [predictions.c[name] for name in (
             "id", "at", "request_id", "model", "variant", "version", "label", "score", "labels",
-            "scores",
+            "scores", "shadow_version", "shadow_agreed",
         )]  # fmt: skip
         with self.engine.connect() as connection:
             found = connection.execute(
@@ -72,7 +76,12 @@ class ReviewQueue:
             "waiting": queued,
             "decided": done,
             "items": [
-                {**dict(row._mapping), "guess": row.label, "image": f"/admin/review/{row.id}/image"}
+                {
+                    **dict(row._mapping),
+                    "guess": row.label,
+                    "why": _why(row.shadow_agreed, row.shadow_version),
+                    "image": f"/admin/review/{row.id}/image",
+                }
                 for row in found
             ],
         }
@@ -146,3 +155,10 @@ class ReviewQueue:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _why(shadow_agreed: bool | None, shadow_version: int | None) -> str:
+    """Why an item waits for a person."""
+    if shadow_agreed is False:
+        return f"version {shadow_version}, shadowing this answer, disagreed"
+    return "uncertain: its top-1 confidence is within the review band"

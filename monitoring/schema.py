@@ -2,7 +2,9 @@
 
 One row per answered image. Labels and scores of the top k are JSON lists; the top-1 pair is
 also a column of its own, for the queries drift and review make. `image` is the kept image's
-file name under the images folder, or NULL when it was not kept. `review_labels` holds a
+file name under the images folder, or NULL when it was not kept. `shadow_version` and
+`shadow_agreed` say, during a shadow rollout, which challenger also answered and whether it
+agreed (NULL when none did). `review_labels` holds a
 person's decision on a queued prediction: its label, or a discard.
 """
 
@@ -47,6 +49,9 @@ predictions = Table(
     Column("pixel_mean", Float),
     Column("pixel_std", Float),
     Column("image", Text),
+    # The challenger that shadowed this answer during a rollout, and whether it agreed.
+    Column("shadow_version", Integer),
+    Column("shadow_agreed", Boolean),
     Index("ix_predictions_model_at", "model", "at"),
     Index("ix_predictions_at", "at"),
 )

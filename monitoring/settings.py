@@ -59,3 +59,28 @@ class PredictionLogSettings(DataSettings):
     @property
     def images(self) -> Path:
         return self.folder / "images"
+
+
+class DriftSettings(DataSettings):
+    """How the service checks drift (environment `IMGSERVE_DRIFT_*`; monitoring.drift)."""
+
+    drift_interval_s: float = Field(
+        default=300.0, ge=0, description="Time between drift checks in the service; 0: none."
+    )
+    drift_window_s: float = Field(
+        default=3600.0, gt=0, description="The window of recent predictions a check compares."
+    )
+    drift_min_rows: int = Field(
+        default=200, ge=20, description="Fewest predictions in a window that a check judges."
+    )
+    drift_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long one check (a subprocess) may take."
+    )
+    drift_history: int = Field(
+        default=500, ge=1, description="Computed checks kept per model (GET /v1/drift/history)."
+    )
+
+    @property
+    def folder(self) -> Path:
+        """Where checks are kept: `<folder>/<model>/latest.json`, `report.html`, `history.jsonl`."""
+        return self.data_dir.resolve() / "monitoring" / "drift"

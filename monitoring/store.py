@@ -4,7 +4,7 @@
 bytes or None) in one transaction each, with the driver's own executemany, and keeps the
 images within their byte budget. `serve` is the writer process's loop: batches arrive over a
 pipe, and each one's (written, failed) counts go back. This module imports no more than
-SQLAlchemy and the settings, so the process starts in well under a second.
+SQLAlchemy, Alembic and the settings, so the process starts in well under a second.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 from sqlalchemy import JSON, Engine, create_engine, delete, event
 
-from monitoring.schema import metadata, predictions
+from monitoring import migrations
+from monitoring.schema import predictions
 from monitoring.settings import PredictionLogSettings
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ Row = tuple[Any, ...]
 
 
 def open_database(url: str) -> Engine:
-    """An engine on the log's database, its tables created when missing."""
+    """An engine on the log's database, migrated to the current schema
+    (`monitoring.migrations`)."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, pool_pre_ping=True)
@@ -49,7 +51,7 @@ def open_database(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")  # several writer processes take turns
             cursor.close()
 
-    metadata.create_all(engine)
+    migrations.upgrade(engine)
     return engine
 
 

@@ -253,6 +253,17 @@ def serving_overview() -> dashboard.Dashboard:
             [(f"sum by (label) (rate(imgserve_predictions_total{{{SEL}}}[{RATE}]))", "{{label}}")],
             "Top-1 predictions per second by class: a shift here is drift.",
         ))
+        .with_row(dashboard.Row("Drift"))
+        .with_panel(_timeseries(
+            "Drift score per feature (1 = threshold)", "none",
+            [('max by (model, feature) (imgserve_drift_score'
+              '{model=~"$model", instance=~"$instance"})', "{{model}} {{feature}}")],
+            "Each feature's drift statistic over its threshold in the last scheduled check "
+            "(monitoring.drift: PSI for the class, Wasserstein for confidence, size and "
+            "pixels); 1 or more is drift, and ImgserveDriftDetected fires when it lasts. "
+            "GET /v1/drift/report shows the check's Evidently report.",
+            width=24,
+        ))
     )  # fmt: skip
     return board
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lifecycle.promote import adopt, family_entries, promote, publish_built
 from lifecycle.registry import Registry
+from monitoring.drift import ensure_reference
 from runners.errors import Conflict, ModelImportError, ServingError
 from runners.precision import bf16_unavailable
 from runners.repository import CARD_JSON
@@ -83,6 +84,10 @@ def _models(args: argparse.Namespace) -> None:
             # A rebuild that decides bf16 on this CPU replaces the model it rebuilt.
             publish_built(registry, args.repository, family, build, why, promote_anyway=True)
         else:
+            if family == digits.FAMILY:  # the committed model: its reference, when missing
+                ensure_reference(
+                    args.repository, family, digits.heldout_pngs(), digits.HELDOUT_DESCRIPTION
+                )
             adopt(registry, args.repository, family)
     log.info("model repository %s is complete", args.repository)
 

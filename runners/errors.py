@@ -162,3 +162,16 @@ class Forbidden(ServingError):
     http_status = 403
     grpc_code = "PERMISSION_DENIED"
     reason = "forbidden"
+
+
+class NotComputed(Conflict):
+    """Something asked for that exists only once computed: a drift check with no run yet, or
+    with too few predictions in its window."""
+
+    reason = "not_computed"
+
+
+class TooFewRows(NotComputed):
+    """A drift check's window with fewer answered images than it needs to judge."""
+
+    reason = "too_few_rows"

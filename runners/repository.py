@@ -49,6 +49,8 @@ LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
+# The drift reference of the version a directory serves (monitoring.drift).
+DRIFT_REFERENCE = "drift_reference.json"
 REGISTRY_STAMP = "registry.json"
 
 # The official Triton container's backend for each precision, and what it is told: ONNX Runtime

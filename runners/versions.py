@@ -12,7 +12,9 @@ the request's draw in [0, 1); every row of one request has the same draw, so one
 answered by one version. The answer says, per row, the version that produced it: N > 0 it
 answered, -N it failed the row (its engine raised; the other versions' rows are answered),
 0 the pinned version is not loaded. Shadowed rows also run on the challenger, and the two
-outputs are compared by the task; a shadow that fails changes no answer.
+outputs are compared by the task; a shadow that fails changes no answer. The answer also says,
+per row, how its shadow went: 0 not shadowed, +C the challenger C agreed, -C it disagreed (a
+disagreement is what the review queue asks a person about).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 REQUESTED = "project.requested_version"  # input column: the version asked for, 0 = any
 DRAW = "project.draw"  # input column: the request's draw in [0, 1)
 ANSWERED = "project.version"  # output column: the version that answered (see above)
+SHADOW = "project.shadow"  # output column: the shadow's verdict per row (see above)
 NOT_LOADED = 0
 
 Loader = Callable[[ModelEntry], LoadedModel]
@@ -55,8 +58,8 @@ def request_specs(entry: ModelEntry) -> tuple[RowSpec, ...]:
 
 
 def answer_specs(entry: ModelEntry) -> tuple[RowSpec, ...]:
-    """What comes back: the model's outputs and the version per row."""
-    return (*entry.outputs, Column(ANSWERED))
+    """What comes back: the model's outputs, the version and the shadow's verdict per row."""
+    return (*entry.outputs, Column(ANSWERED), Column(SHADOW))
 
 
 def route_columns(count: int, version: int | None, draw: float) -> Tensors:
@@ -82,11 +85,19 @@ class State:
 
 @dataclass
 class Routed:
-    """A batch's outputs in row order, the version per row, and the shadow comparisons."""
+    """A batch's outputs in row order, the version per row, the shadow comparisons, and the
+    shadow's verdict per row (`SHADOW`'s values)."""
 
     outputs: Tensors
     versions: np.ndarray
     shadows: list[tuple[int, int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    shadowed: np.ndarray | None = None
+
+    def verdicts(self) -> np.ndarray:
+        """The shadow's verdict per row: 0 not shadowed, +C agreed with C, -C disagreed."""
+        if self.shadowed is None:
+            return np.zeros(len(self.versions), np.int64)
+        return self.shadowed
 
 
 def _stamp(directory: Path) -> tuple[int, int] | None:
@@ -219,6 +230,10 @@ class VersionSet:
             except Exception:
                 log.exception("%s: shadow run on version %d failed", self.entry.name, challenger)
                 agree, difference = np.zeros(len(rows), bool), np.ones(len(rows))
+            else:  # a failed shadow run is counted as disagreement, but asks no person
+                verdicts = np.zeros(len(versions), np.int64)
+                verdicts[rows] = np.where(agree, challenger, -challenger)
+                routed.shadowed = verdicts
             routed.shadows.append((state.champion, challenger, agree, difference))
         return routed
 

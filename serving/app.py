@@ -26,6 +26,7 @@ from runners.errors import BadInput, DeadlineExceeded, NotFound, ServingError
 from runners.tasks import ROUTES, AnswerOptions
 from serving.admin import admin_router
 from serving.bodies import body_left_unread, read_images
+from serving.drift import drift_router
 from serving.fastpath import FastPath
 from serving.gateway import Gateway, VersionFailed
 from serving.metrics import UNKNOWN, render_latest
@@ -311,6 +312,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         return error_response(exc, settings.retry_after_s)
 
     app.include_router(admin_router(settings))
+    app.include_router(drift_router(settings))
     app.add_middleware(FastPath, answer=answer)
     app.state.answer = answer  # for a FastPath outside the app (service.serve_first)
     return app

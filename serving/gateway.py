@@ -26,7 +26,7 @@ from runners.errors import NotFound, NotReady, Overloaded, ServingError
 from runners.repository import read_model
 from runners.tasks import AnswerOptions, Prepared
 from runners.tensors import Tensors, batch_size
-from runners.versions import ANSWERED, NOT_LOADED, route_columns
+from runners.versions import ANSWERED, NOT_LOADED, SHADOW, route_columns
 from serving.admission import MEAN_SHARE, LatencyBound
 from serving.catalog import Catalog, Served
 from serving.coalescer import Coalescer
@@ -235,6 +235,7 @@ class Gateway:
         }
         outputs = await self.coalescers[served.key].submit(inputs, self.settings.request_timeout_s)
         answered = int(outputs.pop(ANSWERED)[0, 0])
+        verdicts = outputs.pop(SHADOW, None)
         if answered == NOT_LOADED:
             raise NotFound(
                 f"version {version} of {served.entry.name} is not loaded; loaded versions: "
@@ -248,7 +249,8 @@ class Gateway:
             if failure is None:
                 slots[i] = next(found)
         served.task.observe(self.metrics, served.labels, answers)
-        return Answered(slots, answered, prepared.metas)
+        shadows = [] if verdicts is None else [int(v) for v in verdicts.reshape(-1)]
+        return Answered(slots, answered, prepared.metas, shadows)
 
     def log_answers(
         self,
@@ -263,18 +265,20 @@ class Gateway:
             self.predictions.answered(
                 task=served.task, labels=served.labels, version=answered.version,
                 request_id=request_id, latency_ms=latency_ms, results=answered.slots,
-                stats=answered.metas, images=images,
+                stats=answered.metas, images=images, shadows=answered.shadows,
             )  # fmt: skip
 
 
 @dataclass
 class Answered:
-    """A request's answers (or per-image errors), the version that produced them, and what
-    the task kept of each decoded image (`Prepared.metas`)."""
+    """A request's answers (or per-image errors), the version that produced them, what the
+    task kept of each decoded image (`Prepared.metas`), and each decoded image's shadow
+    verdict (`runners.versions.SHADOW`; empty when none was shadowed)."""
 
     slots: list[Any | ServingError]
     version: int
     metas: list[Any] = field(default_factory=list)
+    shadows: list[int] = field(default_factory=list)
 
 
 class VersionFailed(RunnerFailed):

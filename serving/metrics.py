@@ -39,6 +39,10 @@ class Metrics:
     admission_limit: Any
     versions: VersionMetrics
     prediction_log: Any
+    drift_score: Any
+    drift_detected: Any
+    drift_predictions: Any
+    drift_checks: Any
 
     def outcome(self, labels: dict[str, str], endpoint: str, error: ServingError | None) -> None:
         """Count one finished request (or one failed image of a batch request)."""
@@ -137,6 +141,32 @@ def metrics() -> Metrics:
             "database refused them).",
             ("outcome",),
         ),
+        # Set by one entry worker from the check its subprocess stored (monitoring.monitor):
+        # the most recent value is the one to show.
+        drift_score=Gauge(
+            "imgserve_drift_score",
+            "A feature's drift statistic over its threshold in the last drift check (1 or "
+            "more: drifted).",
+            ("model", "feature"),
+            multiprocess_mode="mostrecent",
+        ),
+        drift_detected=Gauge(
+            "imgserve_drift_detected",
+            "Whether the last drift check of a model found drift (1) or not (0).",
+            ("model",),
+            multiprocess_mode="mostrecent",
+        ),
+        drift_predictions=Gauge(
+            "imgserve_drift_window_predictions",
+            "Answered images in the window of the last drift check.",
+            ("model",),
+            multiprocess_mode="mostrecent",
+        ),
+        drift_checks=Counter(
+            "imgserve_drift_checks",
+            "Drift checks by outcome: computed, too_few_rows (a quiet window) or failed.",
+            ("model", "outcome"),
+        ),
     )
 
 
@@ -186,3 +216,18 @@ def count_rollout_decision(model: str, decision: str, reason: str) -> None:
 
 def count_prediction_log(outcome: str, count: int) -> None:
     metrics().prediction_log.labels(outcome=outcome).inc(count)
+
+
+def publish_drift(model: str, summary: dict[str, Any] | None, outcome: str) -> None:
+    """Record a drift check: its gauges when it computed one (`stored`: at start, from the
+    last check kept on disk), and its outcome."""
+    found = metrics()
+    if summary is not None:
+        for feature in summary["features"]:
+            found.drift_score.labels(model=model, feature=feature["name"]).set(
+                feature["statistic"] / feature["threshold"]
+            )
+        found.drift_detected.labels(model=model).set(1 if summary["drifted"] else 0)
+        found.drift_predictions.labels(model=model).set(summary["window"]["count"])
+    if outcome != "stored":
+        found.drift_checks.labels(model=model, outcome=outcome).inc()

@@ -232,3 +232,48 @@ def admin_responses(description: str) -> dict[int | str, dict[str, Any]]:
         },
         **ADMIN_ERRORS,
     }
+
+
+_SHARES = {"edges": [0.0, 0.5, 0.9, 0.99, 1.0], "shares": [0.01, 0.04, 0.1, 0.85]}
+DRIFT_EXAMPLE = {
+    "model": "digits",
+    "version": 1,
+    "window": {"start": 1764910800.0, "end": 1764914400.0, "count": 1200},
+    "drifted": True,
+    "score": 7.9,
+    "features": [
+        {"name": "label", "test": "psi", "statistic": 0.41, "threshold": 0.2, "drifted": True},
+        {
+            "name": "pixel_mean",
+            "test": "wasserstein",
+            "statistic": 1.97,
+            "threshold": 0.25,
+            "drifted": True,
+        },
+    ],
+    "reference": {"classes": {"0": 0.1, "1": 0.1}, "confidence": _SHARES},
+    "current": {"classes": {"0": 0.02, "1": 0.3}, "confidence": _SHARES},
+    "computed_at": 1764914401.2,
+}
+DRIFT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("A bad query parameter.", "BadInput", "bad_input", "unknown query parameters"),
+    404: _error(
+        "Unknown model; the message names the served ones.",
+        "NotFound",
+        "not_found",
+        "unknown model 'cats'; models: digits",
+    ),
+    409: _error(
+        "No drift check of the model has been computed yet.",
+        "NotComputed",
+        "not_computed",
+        "no drift check of digits yet: ...",
+    ),
+}
+
+
+def drift_responses(
+    description: str, example: Any, media_type: str = "application/json"
+) -> dict[int | str, dict[str, Any]]:
+    content: dict[str, Any] = {"example": example} if media_type == "application/json" else {}
+    return {200: {"description": description, "content": {media_type: content}}, **DRIFT_ERRORS}

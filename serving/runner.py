@@ -22,7 +22,7 @@ from runners.model import LoadedModel
 from runners.repository import ModelEntry
 from runners.settings import BackendSettings
 from runners.tensors import pack, unpack
-from runners.versions import ANSWERED, VersionSet, answer_specs, request_specs
+from runners.versions import ANSWERED, SHADOW, VersionSet, answer_specs, request_specs
 from serving.catalog import Served
 from serving.drain import RunnerDrain
 from serving.loadfailure import stop_the_server
@@ -106,7 +106,11 @@ def runner_service(
             self.batch_size.observe(len(batch))
             for champion, challenger, agree, difference in routed.shadows:
                 self.metrics.versions.shadow(labels, champion, challenger, agree, difference)
-            answered = {**routed.outputs, ANSWERED: routed.versions.astype(np.float32)[:, None]}
+            answered = {
+                **routed.outputs,
+                ANSWERED: routed.versions.astype(np.float32)[:, None],
+                SHADOW: routed.verdicts().astype(np.float32)[:, None],
+            }
             return pack(answered, outputs)
 
     VariantRunner.__name__ = VariantRunner.__qualname__ = f"Runner_{entry.name}"

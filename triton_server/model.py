@@ -33,7 +33,7 @@ from runners.preprocessing import ImageLimits
 from runners.repository import ModelEntry
 from runners.tasks import AnswerOptions, get_task
 from runners.tensors import Tensors, batch_size, concat, take_rows
-from runners.versions import NOT_LOADED, VersionSet, route_columns
+from runners.versions import NOT_LOADED, Routed, VersionSet, route_columns
 from triton_server.errors import error_output
 
 logger = logging.getLogger("triton_server")
@@ -193,7 +193,7 @@ class Replica:
             self.metrics.shadow(self.labels, champion, challenger, agree, difference)
         if self.predictions is not None:
             admitted = [slot for slot in slots if not isinstance(slot, ServingError)]
-            self._log(routed.outputs, routed.versions, admitted, seen, seconds * 1000)
+            self._log(routed, admitted, seen, seconds * 1000)
         return [
             error_output(slot)
             if isinstance(slot, ServingError)
@@ -232,8 +232,7 @@ class Replica:
 
     def _log(
         self,
-        outputs: Tensors,
-        versions: np.ndarray,
+        routed: Routed,
         slots: list[tuple[int, int, int | None]],
         seen: list[Seen],
         ms: float,
@@ -242,15 +241,17 @@ class Replica:
         assert self.predictions is not None
         entry = self.versions.entry
         task = get_task(entry.task)
+        verdicts = routed.verdicts()
         for (start, end, _), (request, stats, images) in zip(slots, seen, strict=True):
-            version = int(versions[start])
+            version = int(routed.versions[start])
             if version <= 0 or not images:
                 continue
-            answers = task.postprocess(entry, take_rows(outputs, start, end), stats, OPTIONS)
+            outputs = take_rows(routed.outputs, start, end)
+            answers = task.postprocess(entry, outputs, stats, OPTIONS)
             self.predictions.answered(
                 task=task, labels=self.log_labels, version=version,
                 request_id=request_id(request), latency_ms=ms, results=answers,
-                stats=stats, images=images,
+                stats=stats, images=images, shadows=verdicts[start:end].tolist(),
             )  # fmt: skip
 
     def _tensors(self, request: Any) -> tuple[Tensors, list[Any], list[bytes]]:

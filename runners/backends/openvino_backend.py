@@ -17,6 +17,26 @@ from runners.tensors import Tensors
 INFERENCE_PRECISION: dict[Precision, str] = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
+# One Core for the process, never released. The CPU plugin a Core loads gives the thread that
+# first compiles on it an alternate signal stack of its own (mmap'd), and unmaps it when the
+# plugin is destroyed, restoring the old one only if the destroying thread is that thread. A
+# model loaded on one thread and dropped on another (a version swapped out by the poller, a
+# collection) would leave the loading thread registered on unmapped memory: the next signal
+# delivered there (SIGTERM: Python's handlers use SA_ONSTACK) kills the process with SIGSEGV.
+# A plugin that lives as long as the process never unmaps it.
+_CORE: ov.Core | None = None
+_CORE_LOCK = threading.Lock()
+
+
+def core() -> ov.Core:
+    """The process's OpenVINO Core (compile_model on it is thread-safe)."""
+    global _CORE  # noqa: PLW0603 - created once, on first use, for the process's lifetime
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = ov.Core()
+        return _CORE
+
+
 def _info(port: ov.Output) -> TensorInfo:
     shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
     return TensorInfo(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()))
@@ -27,7 +47,7 @@ class OpenVINOBackend(Backend):
     precisions = frozenset(INFERENCE_PRECISION)
 
     def _load(self) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
-        core = ov.Core()
+        openvino = core()
         hint = INFERENCE_PRECISION[self.precision]
         config: dict[str, str] = {
             "PERFORMANCE_HINT": self.settings.openvino_hint,
@@ -37,7 +57,9 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = str(self.settings.intra_op_threads)
         if self.settings.openvino_streams:
             config["NUM_STREAMS"] = str(self.settings.openvino_streams)
-        self._compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
+        self._compiled = openvino.compile_model(
+            openvino.read_model(str(self.model_path)), "CPU", config
+        )
         # The plugin falls back quietly (bf16 on a CPU without it runs f32): what it compiled
         # is the truth, and a variant that would not run as stated is refused.
         value = self._compiled.get_property("INFERENCE_PRECISION_HINT")

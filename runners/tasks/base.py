@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -38,6 +38,18 @@ class Prepared:
     @property
     def count(self) -> int:
         return len(self.metas)
+
+
+@dataclass(frozen=True)
+class DriftFeature:
+    """One column of the prediction log that drift monitoring compares with the reference:
+    its kind, the Evidently test that compares it, and the test's threshold (a statistic at
+    or above it is drift)."""
+
+    name: str
+    kind: Literal["categorical", "numerical"]
+    test: str
+    threshold: float
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,22 @@ class Task(ABC):
     def log_fields(self, answer: Any) -> dict[str, Any]:
         """What the prediction log keeps of one answer: columns of `monitoring.schema`
         (label, score, labels, scores)."""
+
+    # The prediction log's columns a drift check compares (monitoring.drift); none: the task
+    # has no drift check.
+    drift_features: ClassVar[tuple[DriftFeature, ...]] = ()
+
+    def reference_columns(
+        self, entry: Any, outputs: Tensors, metas: Sequence[Any]
+    ) -> dict[str, list[Any]]:
+        """The drift reference's rows for prepared images and the engine's outputs: one list
+        per name of `drift_features`, the values the prediction log records for them."""
+        raise NotImplementedError(f"the {self.name} task has no drift reference")
+
+    def drift_view(self, entry: Any, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """A small JSON summary of a set of rows (the reference's or a window's) for people
+        and consoles."""
+        return {}
 
     @abstractmethod
     def observe(self, metrics: Any, labels: Mapping[str, str], answers: Sequence[Any]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from runners.errors import RepositoryError
 from runners.preprocessing import ImageLimits, InputStats, decode_and_preprocess_many
-from runners.tasks.base import AnswerOptions, Prepared, Task
+from runners.tasks.base import AnswerOptions, DriftFeature, Prepared, Task
 from runners.tensors import Tensors
 
 if TYPE_CHECKING:
@@ -23,6 +23,22 @@ if TYPE_CHECKING:
     from runners.repository import ModelEntry
 
 SCORES = "scores"  # the Triton output of class probabilities
+# The top-1 confidence histogram's edges in a drift summary: finer near 1, where a confident
+# classifier's answers lie.
+CONFIDENCE_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Drift tests (monitoring.drift; docs/monitoring.md says why these): PSI for the top-1 class,
+# Wasserstein distance in units of the reference's standard deviation for the bounded numbers.
+# PSI 0.2 is the usual "significant shift"; a distance of 0.25 reference standard deviations is
+# a shift no sampling noise of a window of `drift_min_rows` held-out images reaches.
+NUMERIC_THRESHOLD = 0.25
+DRIFT_FEATURES = (
+    DriftFeature("label", "categorical", "psi", 0.2),
+    DriftFeature("score", "numerical", "wasserstein", NUMERIC_THRESHOLD),
+    DriftFeature("width", "numerical", "wasserstein", NUMERIC_THRESHOLD),
+    DriftFeature("height", "numerical", "wasserstein", NUMERIC_THRESHOLD),
+    DriftFeature("pixel_mean", "numerical", "wasserstein", NUMERIC_THRESHOLD),
+    DriftFeature("pixel_std", "numerical", "wasserstein", NUMERIC_THRESHOLD),
+)
 LABEL = "label"  # the Triton output of the top-1 label
 
 
@@ -102,6 +118,41 @@ class Classification(Task):
         rows = np.arange(len(best))
         difference = np.abs(ours[rows, best] - theirs[rows, best])
         return best == np.argmax(theirs, axis=1), difference
+
+    drift_features = DRIFT_FEATURES
+
+    def reference_columns(
+        self, entry: ModelEntry, outputs: Tensors, metas: Sequence[InputStats]
+    ) -> dict[str, list[Any]]:
+        """Top-1 label and confidence, and the input statistics the log records."""
+        probabilities = self.scores(entry, outputs)
+        best = np.argmax(probabilities, axis=1)
+        return {
+            "label": [entry.labels[i] for i in best.tolist()],
+            "score": probabilities[np.arange(len(best)), best].tolist(),
+            "width": [m.width for m in metas],
+            "height": [m.height for m in metas],
+            "pixel_mean": [m.pixel_mean for m in metas],
+            "pixel_std": [m.pixel_std for m in metas],
+        }
+
+    def drift_view(self, entry: ModelEntry, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """Each label's share of the top-1 answers, and the top-1 confidence histogram."""
+        labels, scores = list(columns["label"]), np.asarray(columns["score"], dtype=np.float64)
+        total = max(len(labels), 1)
+        counts = {label: 0 for label in entry.labels}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+        histogram = np.histogram(scores, bins=CONFIDENCE_EDGES)[0] if len(scores) else None
+        return {
+            "classes": {label: count / total for label, count in counts.items()},
+            "confidence": {
+                "edges": list(CONFIDENCE_EDGES),
+                "shares": [0.0] * (len(CONFIDENCE_EDGES) - 1)
+                if histogram is None
+                else (histogram / len(scores)).tolist(),
+            },
+        }
 
     def observe(
         self, metrics: Any, labels: Mapping[str, str], answers: Sequence[list[Prediction]]

@@ -1,6 +1,7 @@
 """The default model end to end: publish from the committed FP32 file into a temporary
 repository through the real gate, then check what the repository serves."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from offline.gate import enforce, judge_files
 from runners.errors import AccuracyGateFailed
 from runners.model import LoadedModel
 from runners.precision import bf16_unavailable, this_cpu
-from runners.repository import Repository
+from runners.repository import DRIFT_REFERENCE, Repository
 from runners.tasks.classification import scores
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,10 @@ def test_both_variants_published_with_card(published: Path) -> None:
     assert card["gate"]["passed"]
     assert card["files"]["int8_bytes"] <= 0.30 * card["files"]["fp32_bytes"]
     assert (variants["fp32"].directory / "model_card.md").read_text().startswith("# Model card")
+    references = {(e.directory / DRIFT_REFERENCE).read_text() for e in variants.values()}
+    assert len(references) == 1, "one reference: the version's held-out data through FP32"
+    reference = json.loads(references.pop())
+    assert reference["count"] == 1000 and set(reference["columns"]["label"]) == set(digits.LABELS)
 
 
 def test_the_card_states_each_precision_and_the_bf16_decision_of_this_cpu(

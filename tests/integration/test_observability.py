@@ -27,7 +27,15 @@ import yaml
 from observability import dashboards
 from offline.data import load_heldout
 from offline.digits import encode_png
-from tests.integration.conftest import Server, free_port
+from tests.integration.conftest import (
+    REPO_ROOT,
+    TEST_LIMITS,
+    Server,
+    bentoml_env,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +133,27 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service, its log and drift checks in a folder of their own: a check every few
+    seconds once 20 answers are logged, so the drift panel has data."""
+    root = tmp_path_factory.mktemp("service")
+    home, env = bentoml_env(
+        root,
+        {
+            **TEST_LIMITS,
+            "IMGSERVE_DATA_DIR": str(root / "data"),
+            "IMGSERVE_DRIFT_INTERVAL_S": "3",
+            "IMGSERVE_DRIFT_MIN_ROWS": "20",
+        },
+    )
+    running = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture(scope="module")
 def prometheus(
     server: Server, triton: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
@@ -170,6 +199,9 @@ def prometheus(
             else:
                 raise RuntimeError((folder / "prometheus.log").read_text())
         time.sleep(12 * SCRAPE_S)  # enough scrapes for every rate() window to hold two
+        deadline = time.monotonic() + 180  # the first drift check: a subprocess, seconds
+        while not query(url, "imgserve_drift_score") and time.monotonic() < deadline:
+            time.sleep(1)
         yield url
     finally:
         stop.set()

@@ -6,6 +6,7 @@ import pytest
 
 from offline import profiles
 from runners.model import LoadedModel
+from runners.precision import bf16_unavailable
 from runners.repository import Repository
 from runners.tasks.classification import scores
 
@@ -23,7 +24,11 @@ def test_mobilenet_profile_is_published_as_a_load_profile(tmp_path: Path) -> Non
     assert card.files.int8_bytes <= 0.30 * card.files.fp32_bytes
     assert "fastest" in card.built.why_this_method
     variants = Repository(tmp_path).families()["mobilenetv2"]
-    assert set(variants) == {"fp32", "int8"}
+    # A bf16 variant exists exactly where this CPU has BF16 and the card says it paid.
+    assert card.bf16 is not None
+    bf16 = {"bf16"} if card.bf16.published else set()
+    assert set(variants) == {"fp32", "int8"} | bf16, card.bf16.reason
+    assert card.bf16.cpu_has_bf16 == (bf16_unavailable() is None)
     for entry in variants.values():
         assert entry.load_profile
         assert entry.inputs[0].dims == (3, 224, 224)

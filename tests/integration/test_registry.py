@@ -102,6 +102,7 @@ def test_a_committed_model_is_adopted_as_version_1_champion(
     assert run.data.tags["cpu"]
     files = {a.path for a in embedded.client.list_artifacts(version.run_id, "model/int8")}
     assert "model/int8/model.onnx" in files and "model/int8/model_card.json" in files
+    assert "model/int8/drift_reference.json" in files
 
 
 def test_a_new_build_is_the_challenger_until_promoted(tmp_path: Path, embedded: Registry) -> None:

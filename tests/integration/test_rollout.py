@@ -225,6 +225,18 @@ def test_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one
         assert registry.client.get_model_version(FAMILY, "3").tags["rolled_back"]
         assert Repository(repository).get(FAMILY, "fp32").versions == (2,)
 
+        # What the damaged version disagreed on waits for a person, with its image.
+        def disagreements() -> list[dict[str, Any]]:
+            queue = admin.get("/review", params={"model": FAMILY, "limit": 500}, headers=ADMIN)
+            assert queue.status_code == 200, queue.text
+            return [i for i in queue.json()["items"] if i["shadow_agreed"] is False]
+
+        queued = wait_for(disagreements, 10, "v3's disagreements in the review queue")
+        assert {i["shadow_version"] for i in queued} == {3}
+        assert all("disagreed" in i["why"] for i in queued)
+        image = admin.get(f"/review/{queued[0]['id']}/image", headers=ADMIN)
+        assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
         # Held, not decided: a restart in the middle of it comes back with both versions.
         held = admin.post(
             "/rollout", json={"version": 3, "canary_share": 0, "decide": False}, headers=ADMIN

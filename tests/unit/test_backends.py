@@ -150,3 +150,45 @@ def test_named_tensors_in_and_out_for_a_model_with_two_of_each(tmp_path: Path) -
     for outputs in answers:
         np.testing.assert_allclose(outputs["sum"], batch["image"] + 1, rtol=1e-6)
         np.testing.assert_allclose(outputs["double"], batch["image"] * 2, rtol=1e-6)
+
+
+# A model loaded on one thread and dropped on another, then a signal to the loading thread:
+# the way a version swap (the poller drops the old version) and then SIGTERM reach a server.
+_LOAD_HERE_DROP_THERE = """
+import gc, os, signal, sys, threading
+from pathlib import Path
+from runners.backends import create_backend
+from runners.settings import BackendSettings
+engines = []
+for precision in ("fp32", "int8"):
+    engine = create_backend("openvino", Path(sys.argv[1]), BackendSettings(), precision)
+    engine.load()
+    engines.append(engine)
+del engine
+def drop():
+    engines.clear()
+    gc.collect()
+dropper = threading.Thread(target=drop)
+dropper.start()
+dropper.join()
+handled = []
+signal.signal(signal.SIGTERM, lambda *_: handled.append(True))
+os.kill(os.getpid(), signal.SIGTERM)
+print("handled" if handled else "not handled")
+"""
+
+
+def test_a_signal_after_an_openvino_model_is_dropped_on_another_thread_is_handled(
+    model_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_HERE_DROP_THERE, str(model_path)],
+        cwd=root, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    # A dangling alternate signal stack makes the kernel kill the process with SIGSEGV.
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "handled"

@@ -39,7 +39,7 @@ def test_every_alert_has_a_runbook_and_severity() -> None:
     alerts = [rule for group in groups for rule in group["rules"]]
     assert {a["alert"] for a in alerts} == {
         "ImgserveLatencyP99High", "ImgserveErrorRatioHigh", "ImgserveShedRatioHigh",
-        "ImgserveTargetDown", "ImgserveNoTraffic",
+        "ImgserveTargetDown", "ImgserveNoTraffic", "ImgserveDriftDetected",
     }  # fmt: skip
     for alert in alerts:
         assert len(alert["annotations"]["runbook"]) > 80

@@ -50,8 +50,11 @@ def test_rows_go_to_the_champion_the_canary_or_the_pinned_version(tmp_path: Path
     assert (shadowed.versions == 1).all()
     ((champion, challenger, agree, difference),) = shadowed.shadows
     assert (champion, challenger) == (1, 2) and len(agree) == len(difference) == 4
+    # Each shadowed row's verdict: +2 where version 2 agreed, -2 where it did not.
+    assert shadowed.verdicts().tolist() == [2 if a else -2 for a in agree]
     alone = versions.run(rows(4, None, 0.9))
     assert (alone.versions == 1).all() and not alone.shadows
+    assert alone.verdicts().tolist() == [0, 0, 0, 0]
     pinned = versions.run(rows(2, 2, 0.9))
     assert (pinned.versions == 2).all()
 
