@@ -273,11 +273,8 @@ def start_process(jobs: Jobs, job: Job) -> Job:
     _CHILDREN[child.pid] = child
     for pid in list(_CHILDREN):  # reap the ones that ended
         _alive(pid)
-    current = jobs._read(folder / JOB_FILE) or job
-    if current.pid is None:
-        current = current.model_copy(update={"pid": child.pid})
-        jobs.save(current)
-    return current
+    # The record is the child's from now on (it writes its pid first): the job as queued.
+    return job.model_copy(update={"pid": child.pid})
 
 
 def request_retrain(
