@@ -47,3 +47,75 @@ class RegistrySettings(DataSettings):
     def exists(self) -> bool:
         """False when the embedded store was never created: nothing is registered."""
         return not self.embedded or self.database.is_file()
+
+
+class RetrainSettings(DataSettings):
+    """Retraining: what starts it, how it trains, what it must pass, and where it goes next.
+    Jobs and their logs live in `<data_dir>/retrain/`, uploaded labelled images in
+    `<data_dir>/training/`."""
+
+    retrain_after_labels: int | None = Field(
+        default=None,
+        ge=1,
+        description="Start a retrain once this many labels arrived since the last one; None: "
+        "never on its own.",
+    )
+    retrain_rollout: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Canary share a registered retrain is rolled out with, the controller "
+        "deciding; 0: it stays the registry's challenger for a person to roll out.",
+    )
+    retrain_shadow_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Shadow share of that rollout; a retrain is meant to disagree with the "
+        "champion on the inputs it learnt, so the shadow-agreement check is off by default.",
+    )
+    retrain_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Training epochs; None: 5 fine-tuning the champion, 30 from scratch.",
+    )
+    retrain_from_scratch: bool = Field(
+        default=False,
+        description="Train the digits model anew instead of fine-tuning the champion's weights.",
+    )
+    retrain_new_label_share: float = Field(
+        default=0.25,
+        ge=0,
+        lt=1,
+        description="Share of each epoch the new labels make up at least (repeated to reach it).",
+    )
+    retrain_max_drop_points: float = Field(
+        default=0.5,
+        ge=0,
+        description="How far the FP32 candidate may fall below the champion on the fixed "
+        "held-out split, in top-1 points.",
+    )
+    retrain_measure_duration_s: float = Field(
+        default=1.0, gt=0, description="Seconds per throughput measurement of the built variants."
+    )
+    retrain_nice: int = Field(
+        default=10, ge=0, le=19, description="Niceness of the retrain process: serving comes first."
+    )
+    training_upload_max_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Cap on one training-image upload's body."
+    )
+    training_upload_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long one upload's body may take to arrive."
+    )
+    training_upload_max_images: int = Field(
+        default=5_000, ge=1, description="Cap on images in one training-image upload."
+    )
+
+    @property
+    def jobs(self) -> Path:
+        return self.data_dir.resolve() / "retrain"
+
+    @property
+    def training(self) -> Path:
+        return self.data_dir.resolve() / "training"

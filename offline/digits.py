@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from offline.card import ModelCard
-from offline.data import load_splits
+from offline.data import DigitSplits, load_splits
 from offline.publish import PublishRequest, publish
 from offline.quantize import QUANTIZERS
 from runners.errors import RepositoryError
@@ -75,18 +76,34 @@ def build(
     measure_duration_s: float = 1.0,
     *,
     source: Path | None = None,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
+    fine_tune: Path | None = None,
+    on_epoch: Callable[[int, int, float], None] | None = None,
+    how: str = "",
+    bf16: bool = True,
 ) -> ModelCard:
     """Publish digits_fp32 and digits_int8 (gated on the held-out split) into `repository`.
     Without `retrain` the FP32 file is the one repository `source` (default: the same one)
-    serves, and it is trained anew only where there is none."""
+    serves, and it is trained anew only where there is none. A retrain trains on the
+    training split plus `extra` (uint8 digits, labels), from the weights of the exported
+    model `fine_tune` when given. `bf16` False: no BF16 variant is tried."""
     splits = load_splits()
+    if extra is not None and len(extra[0]):
+        splits = DigitSplits(
+            train_images=np.concatenate([splits.train_images, extra[0]]),
+            train_labels=np.concatenate([splits.train_labels, extra[1]]),
+            test_images=splits.test_images,
+            test_labels=splits.test_labels,
+        )
     with tempfile.TemporaryDirectory(prefix="digits-") as scratch:
         source = fp32_source(source or repository)
         if retrain or not source.is_file():
-            from offline.train import export_onnx, train  # train extra: torch
+            from offline.train import export_onnx, from_onnx, train  # train extra: torch
 
+            initial = None if fine_tune is None else from_onnx(fine_tune)
+            trained = train(splits, epochs=epochs, initial=initial, on_epoch=on_epoch)
             source = Path(scratch) / "model.onnx"
-            export_onnx(train(splits, epochs=epochs), source)
+            export_onnx(trained, source)
         else:  # the committed file is about to be replaced by its own copy: read it aside
             copy = Path(scratch) / "model.onnx"
             copy.write_bytes(source.read_bytes())
@@ -119,11 +136,12 @@ def build(
                     "a 128-unit dense head; AdamW with a one-cycle schedule, 30 epochs, batch "
                     "64, random affine augmentation, label smoothing 0.05; seeds fixed in "
                     "offline/data.py and offline/train.py. Exported with torch.onnx (opset 17, "
-                    "dynamic batch axis)."
+                    "dynamic batch axis)." + (f" {how}" if how else "")
                 ),
                 reproduce=".venv/bin/pip install -e '.[train,build]' && "
                 ".venv/bin/python -m offline digits --retrain",
                 quantizers=quantizers,
                 measure_duration_s=measure_duration_s,
+                bf16=bf16,
             )
         )

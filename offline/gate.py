@@ -107,3 +107,41 @@ def judge_files(
         top1=None if labels is None else top1_accuracy(int8_pred, labels),
         thresholds=thresholds,
     )
+
+
+class ChampionComparison(BaseModel):
+    """A retrained FP32 candidate against the serving champion on the same held-out split."""
+
+    model_config = ConfigDict(frozen=True)
+
+    champion_top1: float
+    candidate_top1: float
+    drop_points: float = Field(description="Champion minus candidate, in points (+: worse).")
+    max_drop_points: float
+    passed: bool
+
+    def explain(self) -> str:
+        verdict = "within" if self.passed else "beyond"
+        return (
+            f"FP32 candidate top-1 {self.candidate_top1:.2%} vs champion "
+            f"{self.champion_top1:.2%} on the held-out split: a drop of {self.drop_points:.2f} "
+            f"points, {verdict} the limit of {self.max_drop_points:.2f}"
+        )
+
+
+def compare_to_champion(
+    champion_top1: float, candidate_top1: float, max_drop_points: float = 0.5
+) -> ChampionComparison:
+    """Pass when the candidate is at most `max_drop_points` points below the champion (a
+    better candidate always passes). Rounded like `evaluate_gate`, so that a drop of exactly
+    the limit, measured on a finite split, passes."""
+    if max_drop_points < 0:
+        raise ValueError("max_drop_points is a limit in points, at least 0")
+    drop = round((champion_top1 - candidate_top1) * 100, 6)
+    return ChampionComparison(
+        champion_top1=champion_top1,
+        candidate_top1=candidate_top1,
+        drop_points=drop,
+        max_drop_points=max_drop_points,
+        passed=drop <= max_drop_points,
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ MEAN = 0.1307
 STD = 0.3081
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+# Peak learning rate when fine-tuning a trained model: a tenth of training's from scratch,
+# enough to learn new inputs in a few epochs without forgetting the old ones.
+FINE_TUNE_LR = 3e-4
+BN_EPS = 1e-5  # nn.BatchNorm2d's default
 
 
 class DigitNet(nn.Module):
@@ -88,17 +93,31 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels).mean())
 
 
-def train(splits: DigitSplits, epochs: int = 30, batch_size: int = 64) -> nn.Module:
+def train(
+    splits: DigitSplits,
+    epochs: int = 30,
+    batch_size: int = 64,
+    *,
+    initial: DigitNet | None = None,
+    on_epoch: Callable[[int, int, float], None] | None = None,
+) -> nn.Module:
+    """Train on `splits.train_images`. From `initial` (a served model's weights, `from_onnx`)
+    it fine-tunes: a lower peak learning rate, and the normalisation layers kept as they are
+    (their statistics come from the data the initial model learnt), so it starts exactly
+    where that model is. `on_epoch(done, epochs, loss)` follows the progress."""
     torch.manual_seed(TRAIN_SEED)
     generator = torch.Generator().manual_seed(TRAIN_SEED)
-    model = DigitNet()
+    model = initial if initial is not None else DigitNet()
+    peak_lr = FINE_TUNE_LR if initial is not None else 3e-3
     x_all = _normalise(splits.train_images)
     y_all = torch.from_numpy(splits.train_labels)
     steps = epochs * math.ceil(len(x_all) / batch_size)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=peak_lr, total_steps=steps)
     for epoch in range(epochs):
         model.train()
+        if initial is not None:
+            _freeze_normalisation(model)
         order = torch.randperm(len(x_all), generator=generator)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
@@ -110,6 +129,50 @@ def train(splits: DigitSplits, epochs: int = 30, batch_size: int = 64) -> nn.Mod
             optimiser.step()
             schedule.step()
         log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, loss.item())
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs, float(loss.item()))
+    model.eval()
+    return model
+
+
+def _freeze_normalisation(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+
+def from_onnx(path: Path) -> DigitNet:
+    """A DigitNet holding the weights of an exported one (`export_onnx`).
+
+    The export folds each BatchNorm into the convolution before it; here the folded weights
+    go back into the convolutions, the folded bias into the BatchNorm's shift, and its scale
+    and statistics are the identity, so the network computes what the file computes.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    model = DigitNet()
+    blocks = [m for m in model.features if isinstance(m, nn.Sequential)]
+    if len(convs) != len(blocks) or any(len(node.input) != 3 for node in convs):
+        raise ValueError(f"{path} is not an exported DigitNet (its convolutions differ)")
+    state = model.state_dict()
+    for index, node in zip((0, 2, 4), convs, strict=True):
+        state[f"features.{index}.0.weight"] = torch.from_numpy(weights[node.input[1]].copy())
+        bias = torch.from_numpy(weights[node.input[2]].copy())
+        state[f"features.{index}.1.weight"] = torch.ones_like(bias)
+        state[f"features.{index}.1.bias"] = bias
+        state[f"features.{index}.1.running_mean"] = torch.zeros_like(bias)
+        state[f"features.{index}.1.running_var"] = torch.ones_like(bias) - BN_EPS
+    for name in ("head.2.weight", "head.2.bias", "head.5.weight", "head.5.bias"):
+        if name not in weights or tuple(weights[name].shape) != tuple(state[name].shape):
+            raise ValueError(f"{path} is not an exported DigitNet (no {name} of its shape)")
+        state[name] = torch.from_numpy(weights[name].copy())
+    model.load_state_dict(state)
     model.eval()
     return model
 

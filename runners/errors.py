@@ -45,6 +45,14 @@ class ImageDecodeError(BadInput):
     reason = "undecodable"
 
 
+class UnusableUpload(BadInput):
+    """A well-formed upload of training data none of which can be used (not a zip archive,
+    or every image refused): each refusal is named in the message."""
+
+    http_status = 422
+    reason = "unusable"
+
+
 class UnsupportedMediaType(BadInput):
     http_status = 415
     reason = "media_type"

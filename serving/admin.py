@@ -1,5 +1,6 @@
-"""Admin endpoints behind the admin credential: rollout, shares, promote, rollback, and the
-review queue (its items and images are users' traffic, so reading them needs it too).
+"""Admin endpoints behind the admin credential: rollout, shares, promote, rollback, the
+review queue (its items and images are users' traffic, so reading them needs it too), and
+retraining (`serving.retraining`).
 
 The credential is a bearer token from `IMGSERVE_ADMIN_TOKEN` or the file
 `IMGSERVE_ADMIN_TOKEN_FILE` (a mounted secret), compared in constant time: no header is a
@@ -25,12 +26,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from lifecycle.retrain import retrain_if_labels_reached
+from lifecycle.settings import RetrainSettings
 from lifecycle.supervisor import Rollouts
+from lifecycle.training_data import TrainingImages
 from monitoring.review import MEDIA_TYPES, ReviewQueue
 from runners.errors import Forbidden, NotFound, Unauthorized
 from serving import session
 from serving.openapi import ADMIN_ERRORS, admin_responses
 from serving.query import check_query
+from serving.retraining import add_retraining_routes
 from serving.settings import ServingSettings
 
 _MODEL = "Model family; default: the first served."
@@ -105,6 +110,7 @@ def admin_token(settings: ServingSettings) -> str | None:
 
 def admin_router(settings: ServingSettings) -> APIRouter:
     token = admin_token(settings)
+    retrain = RetrainSettings()
     bearer = HTTPBearer(auto_error=False, description="The admin credential.")
 
     def require_admin(
@@ -278,7 +284,11 @@ def admin_router(settings: ServingSettings) -> APIRouter:
         labels = labels_of(request, model)
 
         def run() -> dict[str, Any]:
-            return queue.decide(prediction_id, label, by, labels)
+            decision = queue.decide(prediction_id, label, by, labels)
+            if label is not None and retrain.retrain_after_labels is not None:
+                total = TrainingImages(retrain).counts(model)["total"]
+                retrain_if_labels_reached(model, total, retrain, settings.repository)
+            return decision
 
         return await anyio.to_thread.run_sync(run)
 
@@ -308,4 +318,12 @@ def admin_router(settings: ServingSettings) -> APIRouter:
     ) -> dict[str, Any]:
         return await decided(request, prediction_id, None, body.by)
 
+    def served_model(request: Request, model: str) -> Any:
+        rollouts(request, model)  # a served model, or 404 naming those that are
+        gateway = getattr(request.app.state, "gateway", None)
+        if gateway is None:
+            raise NotFound("the service is not initialised")
+        return gateway.catalog.resolve(model, None)
+
+    add_retraining_routes(router, admin, settings, served_model)
     return router

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from console.routes import console_router
 from runners.errors import BadInput, DeadlineExceeded, NotFound, ServingError
@@ -96,6 +97,18 @@ def error_response(error: ServingError, retry_after_s: int = 1) -> Response:
     elif error.http_status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="imgserve admin"'}
     return json_response(error.to_dict(), error.http_status, headers)
+
+
+def _methods(routes: Any, scope: Any) -> set[str]:
+    """The methods of every route (included routers too) whose path matches the request's."""
+    found: set[str] = set()
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's included router
+        if included is not None:
+            found |= _methods(included.routes, scope)
+        elif route.matches(scope)[0] is not Match.NONE:
+            found |= set(getattr(route, "methods", None) or ())
+    return found
 
 
 def create_app(settings: ServingSettings) -> FastAPI:
@@ -285,8 +298,15 @@ def create_app(settings: ServingSettings) -> FastAPI:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.url.path}; see /docs.json"))
         body = {"error": "HTTPException", "reason": "http", "message": str(exc.detail)}
-        # A 405 carries Allow (RFC 9110), which Starlette puts on the exception.
-        return json_response(body, exc.status_code, dict(exc.headers or {}))
+        # A 405 carries Allow (RFC 9110), which Starlette puts on the exception; it names
+        # the first route of the path only, so a path with several routes (GET and POST
+        # /admin/retrain) lists every route's methods.
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            methods = _methods(request.app.router.routes, request.scope)
+            if methods:
+                headers["Allow"] = ", ".join(sorted(methods))
+        return json_response(body, exc.status_code, headers)
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> Response:

@@ -193,10 +193,28 @@ def render_latest() -> tuple[bytes, str]:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(_retrain_collector())
         return generate_latest(registry), CONTENT_TYPE_LATEST
     from prometheus_client import REGISTRY
 
+    _registered_retrain_collector()
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+@functools.cache
+def _retrain_collector() -> Any:
+    """Retrain runs and progress, read from the job records (the jobs run in processes of
+    their own, which no metrics directory of the server's holds)."""
+    from lifecycle.retrain import RetrainCollector
+
+    return RetrainCollector()
+
+
+@functools.cache
+def _registered_retrain_collector() -> None:
+    from prometheus_client import REGISTRY
+
+    REGISTRY.register(_retrain_collector())
 
 
 def metrics_text() -> str:

@@ -57,6 +57,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "true",
         "IMGSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+        # Its own data directory: no registry there, so schemathesis' retrain requests are
+        # refused (409) rather than run, and its training-image uploads land in the test's.
+        "IMGSERVE_DATA_DIR": str(home / "data"),
         **limits,
     }
     running = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)

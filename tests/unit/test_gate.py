@@ -1,6 +1,6 @@
 import pytest
 
-from offline.gate import GateThresholds, enforce, evaluate_gate
+from offline.gate import GateThresholds, compare_to_champion, enforce, evaluate_gate
 from runners.errors import AccuracyGateFailed
 
 
@@ -53,3 +53,28 @@ def test_a_bf16_gate_names_its_variant() -> None:
         enforce(result, "digits")
     assert "BF16 variant of 'digits'" in str(info.value)
     assert "BF16 agrees with FP32 on 95.00%" in str(info.value)
+
+
+# A retrained FP32 candidate against the champion on the same held-out split.
+
+
+def test_a_candidate_within_half_a_point_of_the_champion_passes() -> None:
+    result = compare_to_champion(0.986, 0.981)
+    assert result.passed and result.drop_points == 0.5
+    assert "within the limit of 0.50" in result.explain()
+
+
+def test_a_candidate_more_than_half_a_point_below_the_champion_is_refused() -> None:
+    result = compare_to_champion(0.986, 0.980)
+    assert not result.passed and result.drop_points == 0.6
+    assert "beyond the limit" in result.explain()
+    assert "98.00%" in result.explain() and "98.60%" in result.explain()
+
+
+def test_a_better_candidate_passes_and_the_limit_is_a_setting() -> None:
+    assert compare_to_champion(0.90, 0.95).passed
+    assert compare_to_champion(0.90, 0.95).drop_points == -5.0
+    assert not compare_to_champion(0.986, 0.985, max_drop_points=0).passed
+    assert compare_to_champion(0.986, 0.986, max_drop_points=0).passed
+    with pytest.raises(ValueError):
+        compare_to_champion(0.9, 0.9, max_drop_points=-1)
