@@ -17,6 +17,7 @@ import bentoml
 
 from console.routes import ConsoleAtRoot
 from lifecycle import consistency
+from lifecycle.retrain import drift_trigger
 from lifecycle.supervisor import Rollouts
 from monitoring.monitor import DriftMonitor
 from runners.errors import ServingError
@@ -117,8 +118,14 @@ class ImageClassifier:
             count_rollout_decision,
             metrics_in_helper=True,
         )
-        # Drift checks of the served families, in subprocesses (monitoring.monitor).
-        self.drift = DriftMonitor(settings.repository, settings.models, publish_drift)
+        # Drift checks of the served families, in subprocesses (monitoring.monitor); one that
+        # finds drift starts a retrain when IMGSERVE_RETRAIN_ON_DRIFT says so.
+        self.drift = DriftMonitor(
+            settings.repository,
+            settings.models,
+            publish_drift,
+            on_drift=drift_trigger(settings.repository),
+        )
         self._warming: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
 

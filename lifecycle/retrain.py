@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,6 +303,27 @@ def request_retrain(
         jobs.save(failed)
         jobs.release(job)
         return failed
+
+
+def drift_trigger(
+    repository: Path, settings: RetrainSettings | None = None
+) -> Callable[[str, dict[str, Any]], None] | None:
+    """The service's reaction to a drift check that found drift: a retrain of that model, when
+    `retrain_on_drift` is set (None otherwise). One already running is left to finish."""
+    settings = settings or RetrainSettings()
+    if not settings.retrain_on_drift:
+        return None
+
+    def react(model: str, summary: dict[str, Any]) -> None:
+        reason = f"drift: score {float(summary.get('score') or 0):.2f} in the last window"
+        try:
+            job = request_retrain(model, reason, repository=repository, settings=settings)
+        except Conflict as exc:
+            log.info("drift of %s: no new retrain (%s)", model, exc.message)
+            return
+        log.info("drift of %s: retrain %s started (%s)", model, job.job, reason)
+
+    return react
 
 
 def labels_since_last(jobs: Jobs, model: str, total: int) -> int:

@@ -60,6 +60,11 @@ class RetrainSettings(DataSettings):
         description="Start a retrain once this many labels arrived since the last one; None: "
         "never on its own.",
     )
+    retrain_on_drift: bool = Field(
+        default=False,
+        description="Start a retrain when the service's scheduled drift check finds drift "
+        "(one at a time per model; it trains on the labels people have given so far).",
+    )
     retrain_rollout: float = Field(
         default=0.1,
         ge=0,

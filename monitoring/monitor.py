@@ -8,7 +8,9 @@ interpreter lock), and the worker only reads the summary it stores and sets the 
     await monitor.check_all()
 
 `publish(family, summary | None, outcome)` records a check: the gauges of the service
-(`serving.metrics`), `outcome` one of computed | too_few_rows | failed.
+(`serving.metrics`), `outcome` one of computed | too_few_rows | failed. `on_drift(family,
+summary)`, when given, is called (in a thread) after a computed check that found drift: the
+service starts a retrain there when `IMGSERVE_RETRAIN_ON_DRIFT` says so.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TOO_FEW_ROWS = 3  # the drift command's exit status for a window it cannot judge
 Publish = Callable[[str, dict[str, Any] | None, str], None]
+OnDrift = Callable[[str, dict[str, Any]], None]
 
 
 class DriftMonitor:
@@ -41,10 +44,12 @@ class DriftMonitor:
         families: tuple[str, ...],
         publish: Publish,
         settings: DriftSettings | None = None,
+        on_drift: OnDrift | None = None,
     ) -> None:
         self.repository = repository
         self.families = families
         self.publish = publish
+        self.on_drift = on_drift
         self.settings = settings or DriftSettings()
         self._task: asyncio.Task[None] | None = None
 
@@ -102,7 +107,13 @@ class DriftMonitor:
             raise
         said = errors.decode(errors="replace").strip().splitlines()[-1:] or [""]
         if process.returncode == 0:
-            self.publish(family, latest(family, settings), "computed")
+            summary = latest(family, settings)
+            self.publish(family, summary, "computed")
+            if summary is not None and summary.get("drifted") and self.on_drift is not None:
+                try:
+                    await asyncio.to_thread(self.on_drift, family, summary)
+                except Exception:  # a failed reaction never stops the checks
+                    log.exception("drift of %s: the reaction to it failed", family)
             return "computed"
         if process.returncode == TOO_FEW_ROWS:
             log.info("drift check of %s: %s", family, said[0])

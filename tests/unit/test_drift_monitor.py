@@ -25,8 +25,9 @@ REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 ROWS = 60
 
 
-def _log_heldout_rows(data: Path, count: int) -> None:
-    """Rows as the service logs them, with the reference's own values: no drift."""
+def _log_heldout_rows(data: Path, count: int, shifted: bool = False) -> None:
+    """Rows as the service logs them, with the reference's own values: no drift; `shifted`:
+    every answer the same unsure class, as inverted digits get."""
     reference = json.loads((REPOSITORY / "digits_fp32" / DRIFT_REFERENCE).read_text())
     columns = reference["columns"]
     picked = range(0, reference["count"], reference["count"] // count)[:count]  # every class
@@ -38,7 +39,8 @@ def _log_heldout_rows(data: Path, count: int) -> None:
             [
                 {"at": now - 1, "request_id": f"r{i}", "image_index": 0, "model": "digits",
                  "variant": "fp32", "version": 1, "backend": "onnxruntime", "outcome": "ok",
-                 "label": columns["label"][i], "score": columns["score"][i], "latency_ms": 1.0,
+                 "label": "8" if shifted else columns["label"][i],
+                 "score": 0.45 if shifted else columns["score"][i], "latency_ms": 1.0,
                  "width": columns["width"][i], "height": columns["height"][i], "format": "PNG",
                  "pixel_mean": columns["pixel_mean"][i], "pixel_std": columns["pixel_std"][i]}
                 for i in picked
@@ -47,11 +49,27 @@ def _log_heldout_rows(data: Path, count: int) -> None:
     engine.dispose()
 
 
-def _monitor(data: Path, repository: Path = REPOSITORY) -> tuple[DriftMonitor, list[Any]]:
+def _monitor(
+    data: Path, repository: Path = REPOSITORY, on_drift: Any = None
+) -> tuple[DriftMonitor, list[Any]]:
     seen: list[Any] = []
     settings = DriftSettings(data_dir=data, drift_min_rows=ROWS, drift_interval_s=0)
-    monitor = DriftMonitor(repository, ("digits",), lambda *call: seen.append(call), settings)
+    monitor = DriftMonitor(
+        repository, ("digits",), lambda *call: seen.append(call), settings, on_drift=on_drift
+    )
     return monitor, seen
+
+
+def test_only_a_check_that_finds_drift_calls_the_reaction(tmp_path: Path) -> None:
+    reacted: list[tuple[str, bool]] = []
+    quiet, _ = _monitor(tmp_path / "quiet", on_drift=lambda m, s: reacted.append((m, s["drifted"])))
+    _log_heldout_rows(tmp_path / "quiet", ROWS)
+    assert asyncio.run(quiet.check("digits")) == "computed"
+    assert reacted == []
+    moved, _ = _monitor(tmp_path / "moved", on_drift=lambda m, s: reacted.append((m, s["drifted"])))
+    _log_heldout_rows(tmp_path / "moved", ROWS, shifted=True)
+    assert asyncio.run(moved.check("digits")) == "computed"
+    assert reacted == [("digits", True)]
 
 
 def test_a_quiet_window_is_not_judged_and_a_full_one_is(tmp_path: Path) -> None:

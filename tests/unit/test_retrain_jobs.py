@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.retrain import Jobs, labels_since_last, retrain_if_labels_reached
+from lifecycle.retrain import Jobs, drift_trigger, labels_since_last, retrain_if_labels_reached
 from lifecycle.settings import RetrainSettings
 from lifecycle.training_data import unzip
 from runners.errors import Conflict, PayloadTooLarge, UnusableUpload
@@ -95,3 +95,25 @@ def test_the_label_count_starts_one_job_in_its_own_process_which_records_its_end
     assert store.running("digits") is None
     off = RetrainSettings(data_dir=tmp_path)
     assert retrain_if_labels_reached("digits", 1000, off, empty) is None  # off by default
+
+
+def test_drift_starts_a_retrain_only_when_asked_and_not_beside_a_running_one(
+    tmp_path: Path,
+) -> None:
+    assert drift_trigger(tmp_path, RetrainSettings(data_dir=tmp_path)) is None  # off by default
+    settings = RetrainSettings(data_dir=tmp_path, retrain_on_drift=True)
+    react = drift_trigger(tmp_path, settings)
+    assert react is not None
+    store = Jobs(settings)
+    running = store.create("digits", "manual", None, tmp_path)
+    react("digits", {"score": 3.2, "drifted": True})  # one runs: no second, no error
+    assert [job.job for job in store.of("digits")] == [running.job]
+    store.save(running.model_copy(update={"state": "failed"}))
+    store.release(running)
+    react("digits", {"score": 3.2, "drifted": True})
+    newest = store.of("digits")[0]
+    assert newest.job != running.job and newest.reason == "drift: score 3.20 in the last window"
+    deadline = time.monotonic() + 120  # its process finds no model here, and ends
+    while store.get(newest.job).state != "failed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.get(newest.job).state == "failed"
