@@ -14,6 +14,7 @@ import hashlib
 import io
 import shutil
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,7 +105,8 @@ def unzip(
             try:
                 with archive.open(member) as handle:
                     content = handle.read(max_image_bytes + 1)
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+                    NotImplementedError) as exc:  # fmt: skip
                 refused.append(
                     _refusal(name, "bad_input", f"cannot be read from the archive: {exc}")
                 )

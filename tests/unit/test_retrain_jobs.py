@@ -117,3 +117,15 @@ def test_drift_starts_a_retrain_only_when_asked_and_not_beside_a_running_one(
     while store.get(newest.job).state != "failed" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert store.get(newest.job).state == "failed"
+
+
+def test_an_entry_whose_compressed_data_is_corrupt_is_refused_by_name() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("7/a.png", b"\x89PNG" + bytes(range(256)) * 40)
+    data = bytearray(buffer.getvalue())
+    for i in range(45, 80):  # inside the deflate stream, after the local header
+        data[i] ^= 0x5A
+    images, refused = unzip(bytes(data), 10, 1 << 20)
+    assert images == []
+    assert [(r["name"], r["reason"]) for r in refused] == [("7/a.png", "bad_input")]
