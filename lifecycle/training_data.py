@@ -67,7 +67,7 @@ def unzip(
     """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, ValueError, OverflowError, EOFError, NotImplementedError) as exc:
         raise UnusableUpload(f"the body is not a zip archive: {exc}") from None
     images: list[Labelled] = []
     refused: list[dict[str, str]] = []
@@ -75,7 +75,8 @@ def unzip(
         members = [
             m
             for m in archive.infolist()
-            if not m.is_dir()
+            if m.filename  # an entry without a name is no image of any label
+            and not m.is_dir()
             and not any(
                 part.startswith((".", "__MACOSX")) for part in PurePosixPath(m.filename).parts
             )
@@ -106,7 +107,7 @@ def unzip(
                 with archive.open(member) as handle:
                     content = handle.read(max_image_bytes + 1)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
-                    NotImplementedError) as exc:  # fmt: skip
+                    NotImplementedError, ValueError, OverflowError) as exc:  # fmt: skip
                 refused.append(
                     _refusal(name, "bad_input", f"cannot be read from the archive: {exc}")
                 )

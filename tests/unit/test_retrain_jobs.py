@@ -129,3 +129,26 @@ def test_an_entry_whose_compressed_data_is_corrupt_is_refused_by_name() -> None:
     images, refused = unzip(bytes(data), 10, 1 << 20)
     assert images == []
     assert [(r["name"], r["reason"]) for r in refused] == [("7/a.png", "bad_input")]
+
+
+def test_damaged_archives_are_refused_in_words_never_with_another_error() -> None:
+    """Bytes of a valid archive changed at random: the upload is refused (UnusableUpload or a
+    limit) or its bad entries are, never anything that would answer 500."""
+    import random
+
+    from runners.errors import ServingError
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for label in "0123":
+            archive.writestr(f"{label}/a.png", b"\x89PNG" + bytes(range(256)) * 8)
+    base = buffer.getvalue()
+    draw = random.Random(1)
+    for _ in range(3000):
+        data = bytearray(base)
+        for _ in range(draw.randint(1, 8)):
+            data[draw.randrange(len(data))] = draw.randrange(256)
+        try:
+            unzip(bytes(data), 10, 1 << 20)
+        except ServingError:
+            pass
