@@ -1,9 +1,10 @@
 """Retraining on the real service: shifted digits (inverted, white background) the champion
-gets wrong are answered and queued, labelled by a person and uploaded as labelled images; a
-retrain (a process of its own) fine-tunes on them, passes the gates, is registered and rolled
-out as a canary that the controller promotes; the shifted digits are then classified better,
-both figures measured here. A worse candidate is rejected and never registered; the endpoints
-refuse without the credential, bad bodies, and a second retrain while one runs."""
+gets wrong are answered, seen as drift by the service's scheduled check, queued, labelled by a
+person and uploaded as labelled images; a retrain (a process of its own) fine-tunes on them,
+passes the gates, is registered and rolled out as a canary that the controller promotes; the
+shifted digits are then classified better, both figures measured here. A worse candidate is
+rejected and never registered; the endpoints refuse without the credential, bad bodies, and a
+second retrain while one runs."""
 
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ def test_shifted_digits_labelled_retrained_registered_promoted_and_better(
             "IMGSERVE_PREDICTION_LOG_FLUSH_S": "0.1",
             "IMGSERVE_RETRAIN_ROLLOUT": "0.5",
             "IMGSERVE_RETRAIN_MEASURE_DURATION_S": "0.2",
+            "IMGSERVE_DRIFT_INTERVAL_S": "2",
+            "IMGSERVE_DRIFT_MIN_ROWS": "100",
             **FAST_DECISIONS,
         },
     )
@@ -119,6 +122,14 @@ def test_shifted_digits_labelled_retrained_registered_promoted_and_better(
             ).json()["items"]
             mine = [item for item in found if item["request_id"] in truth_of]
             return mine if len(mine) == LABELLED_IN_REVIEW else []
+
+        # The service's own scheduled drift check sees the shift.
+        def drifted() -> dict[str, Any] | None:
+            found = client.get("/v1/drift", params={"model": FAMILY})
+            return found.json() if found.status_code == 200 and found.json()["drifted"] else None
+
+        drift = wait_for(drifted, 60, "the drift check finds the shifted digits")
+        assert drift["window"]["count"] >= 100 and drift["score"] >= 1, drift
 
         for item in wait_for(queued, 30, "the shifted answers are queued"):
             labelled = client.post(
