@@ -38,9 +38,15 @@
   function showHistory(checks) {
     const data = [checks.map((h) => (typeof h.at === "number" ? h.at : Date.parse(h.at) / 1000)), checks.map((h) => h.score)];
     if (!plot) {
+      // The score axis always shows 0 to past 1 (the drift line).
+      const scales = { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(2, max * 1.1)] } };
       plot = C.chart(document.getElementById("plot-history"),
-        [{ label: "score (1 or more: drift)", stroke: "#7c3aed", width: 2, points: { show: true } }], { data });
+        [{ label: "score (1 or more: drift)", stroke: "#7c3aed", width: 2, points: { show: true } }], { data, scales });
     } else plot.setData(data);
+    // Checks within a few minutes get ten minutes around them: a lone point reads as a moment,
+    // not as a span of years (uPlot's own padding of a single time).
+    const [first, last] = [data[0][0], data[0][data[0].length - 1]];
+    if (last - first < 600) plot.setScale("x", { min: first - 300, max: last + 300 });
     C.set("checks", `${checks.length} check${checks.length === 1 ? "" : "s"}, ${checks.filter((h) => h.drifted).length} drifted`);
   }
 

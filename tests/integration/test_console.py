@@ -439,6 +439,15 @@ def test_a_retrain_started_on_the_page_is_watched_to_its_verdict_and_promoted_by
         expect(page.locator("#upload-message")).to_contain_text(
             f"Uploaded: {RETRAIN_UPLOADED} accepted, 1 refused: 3/broken.png (undecodable)"
         )
+        # Images of one label, with the label typed in: a multipart upload.
+        more, more_truths = inverted_training_digits(3, seed=12)
+        page.set_input_files("#zip", files=[])
+        page.set_input_files(
+            "#images", files=[upload(f"more{i}.png", png) for i, png in enumerate(more[:1])]
+        )
+        page.fill("#label", more_truths[0])
+        page.click("#upload-form button[type=submit]")
+        expect(page.locator("#upload-message")).to_contain_text("Uploaded: 1 accepted;")
 
         page.fill("#epochs", str(RETRAIN_EPOCHS))
         page.click("#start-form button[type=submit]")
@@ -455,7 +464,7 @@ def test_a_retrain_started_on_the_page_is_watched_to_its_verdict_and_promoted_by
         expect(page.locator("#job-rollout")).to_contain_text("now a canary")
         expect(page.locator("#rollout-panel[data-state=rolling]")).to_have_count(1)
         assert page.text_content("#challenger") == f"v{version}"
-        assert int(page.text_content("#job-labels") or 0) >= RETRAIN_UPLOADED
+        assert int(page.text_content("#job-labels") or 0) >= RETRAIN_UPLOADED + 1
         console.shot(page, "retrain")
         page.click("#promote")
         expect(page.locator("#rollout-panel[data-state=idle]")).to_have_count(1, timeout=60_000)
