@@ -495,11 +495,19 @@ def test_shifted_digits_make_the_monitoring_page_show_drift(console: Console) ->
     pngs = inverted(chosen)
     with httpx.Client(base_url=url, timeout=30) as client:
         served = console.registry.aliases(FAMILY)[CHAMPION]  # what the repository serves
+
+        def answered_by_champion() -> bool:
+            answer = client.post("/v1/classify", content=pngs[0], headers=PNG)
+            return bool(answer.json()["model_version"] == served)
+
+        # A promotion just before (the retrain's) reaches the runners within their poll.
+        wait_for(answered_by_champion, 30, f"version {served} answers")
         for start in range(0, DRIFT_SENT, 16):
             files = [("images", (f"{i}.png", png, "image/png"))
                      for i, png in enumerate(pngs[start : start + 16])]  # fmt: skip
             answer = client.post("/v1/classify/batch", files=files)
             assert answer.status_code == 200, answer.text
+            assert answer.json()["model_version"] == served
 
         def checked() -> dict[str, Any] | None:
             found = client.get("/v1/drift", params={"model": FAMILY})
