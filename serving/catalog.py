@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from runners.errors import NotFound, RepositoryError
+from runners.errors import NotFound, RepositoryError, ServingError
 from runners.offering import measurement_note, offer
 from runners.precision import DESCRIPTIONS
-from runners.repository import ModelEntry, Repository
+from runners.repository import ModelEntry, Repository, read_model
 from runners.settings import BackendSettings
 from runners.tasks import Task, get_task
 from runners.tensors import Tensors
@@ -130,13 +130,24 @@ class Catalog:
         }
 
 
+def _current(entry: ModelEntry) -> ModelEntry:
+    """The variant as its directory says now: a rollout or a promotion since start-up changes
+    its champion and challenger (runners.versions follows the same directory)."""
+    try:
+        return read_model(entry.directory)
+    except ServingError:  # between the two renames of a swap: the entry served at start
+        return entry
+
+
 def _variant(served: Served, card: dict[str, Any]) -> dict[str, Any]:
     entry = served.entry
+    now = _current(entry)
     figures = card.get("evaluation") or {}
     return {
         "variant": entry.variant,
         "name": entry.name,
-        "version": entry.version,
+        "version": now.version,
+        "challenger": None if now.rollout is None else now.rollout.challenger,
         "backend": served.backend,
         "precision": entry.precision,
         "runs_in": DESCRIPTIONS[entry.precision],

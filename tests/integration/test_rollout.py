@@ -224,6 +224,8 @@ def test_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one
         assert registry.aliases(FAMILY) == {CHAMPION: 2}
         assert registry.client.get_model_version(FAMILY, "3").tags["rolled_back"]
         assert Repository(repository).get(FAMILY, "fp32").versions == (2,)
+        served = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"][0]
+        assert {(v["version"], v["challenger"]) for v in served["variants"]} == {(2, None)}
 
         # What the damaged version disagreed on waits for a person, with its image.
         def disagreements() -> list[dict[str, Any]]:
@@ -248,6 +250,8 @@ def test_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one
     try:
         state = status(server)
         assert state["rollout"]["challenger"] == 3
+        served = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"][0]
+        assert {(v["version"], v["challenger"]) for v in served["variants"]} == {(2, 3)}
         png = images[0]
         pinned = httpx.post(
             f"{server.url}/v1/classify", params={"version": 3}, content=png,
