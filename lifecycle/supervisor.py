@@ -50,6 +50,15 @@ def _samples(read_metrics: Callable[[], str]) -> Samples:
     return parse(read_metrics())
 
 
+def _versions(family: str) -> list[dict[str, Any]]:
+    """Every registered version of `family`, oldest first (none when it is served without
+    being registered), in the helper process."""
+    registry = _OPENED["registry"]
+    if not registry.known(family):
+        return []
+    return [version.describe() for version in registry.versions(family)]
+
+
 def _operation(name: str, *args: Any, **kwargs: Any) -> Any:
     """`lifecycle.rollout.<name>(registry, ...)`, in the helper process."""
     return getattr(operations, name)(_OPENED["registry"], *args, **kwargs)
@@ -150,6 +159,11 @@ class Rollouts:
         self.count_decision(family, kind, _kind(reason))
         log.info("rollout decision: %s", json.dumps(describe(decision), default=str))
         return describe(decision)
+
+    async def versions(self, family: str) -> list[dict[str, Any]]:
+        """The registry's versions of `family` with their aliases, oldest first."""
+        found: list[dict[str, Any]] = await self._in_helper(_versions, family)
+        return found
 
     def status(self, family: str) -> dict[str, Any]:
         rollout = operations.rollout_of(self.repository, family)

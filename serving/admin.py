@@ -162,6 +162,17 @@ def admin_router(settings: ServingSettings) -> APIRouter:
         found, model = rollouts(request, model)
         return found.status(model)
 
+    @router.get(
+        "/versions",
+        summary="A model's registered versions, oldest first, with their aliases",
+        responses={k: v for k, v in admin_responses("The versions.").items()
+                   if k in (200, 400, 404)},
+    )  # fmt: skip
+    async def versions(request: Request, model: ModelQuery = None) -> dict[str, Any]:
+        check_query(request, frozenset({"model"}))
+        found, model = rollouts(request, model)
+        return {"model": model, "versions": await found.versions(model)}
+
     @router.post(
         "/rollout",
         dependencies=admin,

@@ -1,5 +1,6 @@
 // Models: every model and variant with its card from /v1/models, raw throughput per batch
-// size as a plot, and the registry's champion and challenger from /admin/rollouts.
+// size as a plot, the registry's champion and challenger from /admin/rollouts, and every
+// registered version from /admin/versions.
 "use strict";
 (() => {
   const C = window.Console;
@@ -40,6 +41,8 @@
     for (const m of answer.data.models) {
       const state = await C.api(`/admin/rollouts?model=${encodeURIComponent(m.model)}`);
       const rollout = state.ok ? state.data.rollout : null;
+      const registered = await C.api(`/admin/versions?model=${encodeURIComponent(m.model)}`);
+      const versions = registered.ok ? registered.data.versions : [];
       const e = m.evaluation || {};
       const f = m.figures || {};
       const plot = C.el("div", { class: "plot", id: `throughput-${m.model}` });
@@ -70,6 +73,15 @@
           ? C.el("ul", { class: "hint" }, Object.entries(m.not_offered).map(([v, why]) => C.el("li", {}, `${v.toUpperCase()} not offered: ${why}`)))
           : null,
         C.el("figure", { class: "chart" }, C.el("figcaption", {}, "Raw throughput per batch size (model card)"), plot),
+        versions.length
+          ? C.el("div", { class: "table-wrap" }, C.el("table", { class: "versions" },
+            C.el("caption", {}, "Registry versions"),
+            C.el("thead", {}, C.el("tr", {}, ["Version", "Aliases", "Variants", "Registered", "How it was built"].map((h) => C.el("th", { scope: "col" }, h)))),
+            C.el("tbody", {}, versions.slice().reverse().map((v) => C.el("tr", { "data-version": v.version },
+              C.el("td", { class: "num" }, `v${v.version}`), C.el("td", {}, v.aliases.join(", ") || "–"),
+              C.el("td", {}, v.variants.join(", ")), C.el("td", {}, v.created),
+              C.el("td", { class: "wrap" }, v.description || "–"))))))
+          : null,
       );
       sections.push([section, plot, m.variants]);
     }

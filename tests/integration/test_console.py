@@ -212,6 +212,10 @@ def test_every_page_loads_without_errors_at_desktop_and_phone_width(console: Con
                 assert overflow <= 0, f"{path} scrolls sideways at {width} px"
                 if path == "/monitoring" and drift == 409:  # before the service's first check
                     assert watched.page.is_visible("#drift-pending")
+                if path == "/models":  # the registry's versions, the champion named
+                    row = watched.page.locator("table.versions tr[data-version='1']")
+                    row.wait_for()
+                    assert "champion" in row.inner_text()
                 console.shot(watched.page, f"{path.strip('/') or 'overview'}{suffix}")
         finally:
             context.close()

@@ -226,6 +226,12 @@ def test_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one
         assert Repository(repository).get(FAMILY, "fp32").versions == (2,)
         served = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"][0]
         assert {(v["version"], v["challenger"]) for v in served["variants"]} == {(2, None)}
+        listed = admin.get("/versions", params={"model": FAMILY}).json()["versions"]  # open
+        assert [(v["version"], v["aliases"]) for v in listed] == [
+            (1, []),
+            (2, ["champion"]),
+            (3, []),
+        ]
 
         # What the damaged version disagreed on waits for a person, with its image.
         def disagreements() -> list[dict[str, Any]]:
