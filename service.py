@@ -52,7 +52,7 @@ def served_catalog(settings: ServingSettings, backend_settings: BackendSettings)
     """What this server serves; a repository that cannot be served stops it here, exit 1.
 
     Fail fast rather than live-not-ready: on its own, BentoML restarts a runner worker whose
-    model fails to load forever (measured: 24 identical tracebacks in 36 s) while /livez
+    model fails to load forever (the same traceback every second or two) while /livez
     answers 200 and /readyz 503 with no reason. Under Kubernetes an exit with one line naming
     the file is the clearer failure: the pod shows Error / CrashLoopBackOff, the line is in
     `kubectl logs --previous`, and a rolling update stops at its first new pod while the old

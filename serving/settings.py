@@ -59,13 +59,12 @@ class ServingSettings(ProjectSettings):
         ge=1,
         description="Requests inside one entry worker at once; beyond it: 429 at once.",
     )
-    # Twice the 50 ms p99 objective, and a floor of 64: with 50 ms and 32, a CI machine whose
-    # cores the load generator shared stalled long enough at 70% of capacity for every answer
-    # of an interval to take over 50 ms, and the count then applied (32, about the requests in
-    # progress at that load) kept shedding: 11% of a soak within capacity. With 100 ms a
-    # standing queue takes a stall of twice that, and 64 is twice the concurrency at that load;
-    # under a real overload the queue passes 100 ms within a few intervals, and the 2.5x
-    # benchmark (bench.overload) measured accepted p99 no worse than with 50 ms and 32.
+    # Twice the 50 ms p99 objective, and a floor of 64: a stall on cores shared with the load
+    # generator can make every answer of an interval slower than the objective while the load
+    # is within capacity, and a count near that load's concurrency would then keep shedding it.
+    # A target of twice the objective takes such a stall, and the floor is twice the
+    # concurrency of the CI soak (70% of capacity); under a real overload the standing queue
+    # passes the target within a few intervals all the same (bench.overload compares).
     latency_target_ms: float = Field(
         default=100.0,
         ge=0,
