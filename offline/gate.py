@@ -134,7 +134,7 @@ def compare_to_champion(
 ) -> ChampionComparison:
     """Pass when the candidate is at most `max_drop_points` points below the champion (a
     better candidate always passes). Rounded like `evaluate_gate`, so that a drop of exactly
-    the limit, measured on a finite split, passes."""
+    the limit on a finite split passes."""
     if max_drop_points < 0:
         raise ValueError("max_drop_points is a limit in points, at least 0")
     drop = round((champion_top1 - candidate_top1) * 100, 6)

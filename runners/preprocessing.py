@@ -630,7 +630,7 @@ def _bilinear_fixed_point(
 ) -> np.ndarray:
     """OpenCV's 8-bit INTER_LINEAR arithmetic: 11-bit weights, a horizontal pass kept in
     integers, then a vertical pass with its shifts and rounding, so that the pixels match
-    OpenCV's rather than a float resize's (which differ by 1 in about a tenth of them)."""
+    OpenCV's rather than a float resize's (which round some pixels the other way)."""
     # int32 holds every sum: 255 x 2048 after the first pass, 2048 x (that >> 4) in the second.
     row_w = np.rint(row_w * _COEF_SCALE).astype(np.int32)
     col_w = np.rint(col_w * _COEF_SCALE).astype(np.int32)

@@ -151,12 +151,15 @@ def admin_router(settings: ServingSettings) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
     admin = [Depends(require_admin)]
 
+    def open_read(description: str) -> dict[int | str, Any]:
+        """The statuses of a read that needs no credential."""
+        return {k: v for k, v in admin_responses(description).items() if k in (200, 400, 404)}
+
     @router.get(
         "/rollouts",
         summary="A model's rollout, the decisions taken and the thresholds",
-        responses={k: v for k, v in admin_responses("The rollout's state.").items()
-                   if k in (200, 400, 404)},
-    )  # fmt: skip
+        responses=open_read("The rollout's state."),
+    )
     async def status(request: Request, model: ModelQuery = None) -> dict[str, Any]:
         check_query(request, frozenset({"model"}))
         found, model = rollouts(request, model)
@@ -165,9 +168,8 @@ def admin_router(settings: ServingSettings) -> APIRouter:
     @router.get(
         "/versions",
         summary="A model's registered versions, oldest first, with their aliases",
-        responses={k: v for k, v in admin_responses("The versions.").items()
-                   if k in (200, 400, 404)},
-    )  # fmt: skip
+        responses=open_read("The versions."),
+    )
     async def versions(request: Request, model: ModelQuery = None) -> dict[str, Any]:
         check_query(request, frozenset({"model"}))
         found, model = rollouts(request, model)

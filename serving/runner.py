@@ -32,7 +32,7 @@ from serving.metrics import metrics
 # BentoML's request metrics label by raw path (a random path is a new series) and its access
 # log costs CPU per request: the service's own metrics replace the first, the second is off.
 # Its OpenTelemetry middleware opens a span per request even with no exporter configured
-# (a tenth of the entry worker's CPU under load, py-spy), so tracing is opt-in.
+# (a cost on every request of the entry worker's loop), so tracing is opt-in.
 def quiet(trace_requests: bool = False) -> dict[str, Any]:
     """Service config shared by every service here (a fresh dict: BentoML merges into it)."""
     config: dict[str, Any] = {

@@ -63,7 +63,7 @@ class ServingSettings(ProjectSettings):
     # generator can make every answer of an interval slower than the objective while the load
     # is within capacity, and a count near that load's concurrency would then keep shedding it.
     # A target of twice the objective takes such a stall, and the floor is twice the
-    # concurrency of the CI soak (70% of capacity); under a real overload the standing queue
+    # concurrency of a load well within capacity; under a real overload the standing queue
     # passes the target within a few intervals all the same (bench.overload compares).
     latency_target_ms: float = Field(
         default=100.0,
