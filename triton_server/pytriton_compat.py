@@ -56,28 +56,45 @@ _PATCHED = (
 
 
 # Instances of one model start in parallel when tritonserver loads it (`server.py` loads the
-# models together); the first creates a handshake socket the others wait for, 1 s by
-# default, and on a busy two-core machine that was too short (measured: "Timeout occurred
-# while waiting for config file", and the model failed to load).
+# models together). The first instance serves the model's configuration on a handshake
+# socket; the others wait for it. PyTriton's wait gives up after 1 s, too short on a busy
+# two-core machine ("Timeout occurred while waiting for config file"), and treats the socket
+# file as ready once it exists, but asyncio binds the socket (creating the file) before it
+# listens, and a connect in between is refused. The patched wait is longer and retries a
+# refused connect until its deadline.
+HANDSHAKE_WAIT = f"""
+def _handshake_config(socket_path, timeout_s={HANDSHAKE_TIMEOUT_S}):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return get_config_from_handshake_server(socket_path, timeout_s=max(left, 0.001))
+        except ConnectionRefusedError:
+            if left <= 0:
+                raise
+            time.sleep(0.01)
+
+
+"""
 _HANDSHAKE_ANCHOR = (
     "inference_handler_config = get_config_from_handshake_server(handshake_socket)\n"
 )
-_HANDSHAKE_PATCHED = (
-    "inference_handler_config = get_config_from_handshake_server(handshake_socket, "
-    f"timeout_s={HANDSHAKE_TIMEOUT_S})\n"
-)
+_HANDSHAKE_PATCHED = "inference_handler_config = _handshake_config(handshake_socket)\n"
 
 
 def patch_proxy_source(source: str) -> str:
-    """PyTriton's proxy model.py with per-request errors and a longer handshake wait between
-    instances; fails loudly if PyTriton changed what it patches."""
+    """PyTriton's proxy model.py with per-request errors and a handshake wait between
+    instances that outlasts a busy start; fails loudly if PyTriton changed what it patches."""
     for anchor, what in ((_ANCHOR, "_wrap_response"), (_HANDSHAKE_ANCHOR, "handshake")):
         if source.count(anchor) != 1:
             raise RuntimeError(
                 f"nvidia-pytriton's proxy model.py no longer has the {what} code this project "
                 "patches; use the nvidia-pytriton version in pyproject.toml"
             )
-    return source.replace(_ANCHOR, _PATCHED).replace(_HANDSHAKE_ANCHOR, _HANDSHAKE_PATCHED)
+    patched = source.replace(_ANCHOR, HANDSHAKE_WAIT + _PATCHED)
+    return patched.replace(_HANDSHAKE_ANCHOR, _HANDSHAKE_PATCHED)
 
 
 class _PerRequestErrorModel(Model):
