@@ -1,8 +1,8 @@
 """A cheap check that a model file is a whole ONNX model, made before any engine compiles it.
 
 A truncated copy, a zero-byte file or bytes that are not ONNX fail here with a ModelLoadError
-naming the file, in well under a second even for a 100 MB model (the ONNX checker parses and
-checks the graph; it builds no session). `bentoml serve` runs it once, in the arbiter, before
+naming the file, quickly even for a large model (the ONNX checker parses and checks the
+graph; it builds no session). `bentoml serve` runs it once, in the arbiter, before
 any worker starts (see `service.py` for why), so a broken repository stops the server with one
 clear line instead of runner workers that fail and are restarted forever.
 """
