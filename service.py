@@ -43,8 +43,8 @@ logger = logging.getLogger("serving")
 # uvicorn builds an access-log line (client address, path and query) for every response
 # whenever its access logger has a handler anywhere up the tree, which under BentoML's
 # logging (the root's) it has, and the line is then dropped below the level. BentoML's
-# access log is the one to turn on (`logging.access`); this one only cost CPU per request
-# (~5% of the entry worker's time per refused request, py-spy).
+# access log is the one to turn on (`logging.access`); this one only costs CPU per request,
+# a cost py-spy shows even on a refused request.
 logging.getLogger("uvicorn.access").propagate = False
 
 
@@ -187,17 +187,16 @@ def serve_first(service_class: type[Any]) -> type[Any]:
     OpenTelemetry and timeout middleware: a task, a future and a timer per request, its
     context middleware, its router and mount, then the FastAPI app's own), and
     `add_asgi_middleware` adds to the inside of that. On the entry worker's one event loop
-    that stack costs every request: measured with `python -m bench.refusal`, 502 us of the
-    entry worker's CPU per 429 refused after it, ~270-300 us refused by `ShedEarly` inside
-    it, ~235 us outside it. So `to_asgi`, the method BentoML's worker calls to build the app
-    it serves, is wrapped: `ShedEarly` first, then `FastPath`, which answers a well-formed
-    classify POST with the same handler the FastAPI route calls (so the same answers,
-    errors, metrics and deadline: the handler's own, earlier than BentoML's traffic timeout).
-    Everything else (health, metrics, OpenAPI, odd queries) goes through BentoML's stack as
-    before, except `GET /`, which BentoML answers with its generic page: `ConsoleAtRoot`
-    sends it to the web console. With request tracing on, classify requests keep BentoML's
-    OpenTelemetry span: the fast path is then left inside. A refused or fast-path request
-    skips BentoML's CORS headers (none configured here).
+    that stack costs every request (`python -m bench.refusal` measures the entry worker's CPU
+    per 429 refused after it, inside it and outside it). So `to_asgi`, the method BentoML's
+    worker calls to build the app it serves, is wrapped: `ShedEarly` first, then `FastPath`,
+    which answers a well-formed classify POST with the same handler the FastAPI route calls
+    (so the same answers, errors, metrics and deadline: the handler's own, earlier than
+    BentoML's traffic timeout). Everything else (health, metrics, OpenAPI, odd queries) goes
+    through BentoML's stack, except `GET /`, which BentoML answers with its generic page:
+    `ConsoleAtRoot` sends it to the web console. With request tracing on, classify requests
+    keep BentoML's OpenTelemetry span: the fast path is then left inside. A refused or
+    fast-path request skips BentoML's CORS headers (none configured here).
     """
 
     class ServeFirst(service_class):

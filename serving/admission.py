@@ -1,12 +1,12 @@
 """The entry worker's admission bound: as many requests as it can answer within the target.
 
-A fixed count of requests in progress is the wrong bound on its own: what a count admits is
-a wait, and the wait depends on how fast the worker answers (1,024 admitted requests at
-~1,000 answers/s is a queue of a second). Little's law turns the latency target into a
-count: a worker that completes X requests per second and holds L of them in progress keeps
-each for L / X seconds on average, so L = X × target × MEAN_SHARE holds the mean time inside
-the worker to a share of the target, leaving the rest for the tail and for the time a
-request spends before the handler sees it.
+A fixed count of requests in progress is the wrong bound on its own: what a count admits is a
+wait, and the wait depends on how fast the worker answers (a worker that answers a thousand
+requests a second and admits a thousand holds each for a second). Little's law turns the
+latency target into a count: a worker that completes X requests per second and holds L of them
+in progress keeps each for L / X seconds on average, so L = X × target × MEAN_SHARE holds the
+mean time inside the worker to a share of the target, leaving the rest for the tail and for
+the time a request spends before the handler sees it.
 
 When that bound applies is CoDel's rule (Nichols and Jacobson, "Controlling Queue Delay",
 ACM Queue 2012; used for server request queues in "Fail at Scale", ACM Queue 2015): a
@@ -18,17 +18,17 @@ shedding a single request (demand fits under the count) lifts it again. It never
 a floor (`min_concurrent_requests`): on cores shared with other work the worker slows down
 for a while with no excess load at all, and a load that concurrent is within capacity.
 
-What the bound cannot see from inside the worker is the wait before a request reaches it:
-on the entry's one event loop, a request is read only when the loop gets to it, and under
-overload the loop spends its core on the requests it admits and on refusing the rest. Once
-the loop has no time to spare, requests arrive faster than it reads them and the excess
-waits in the kernel's socket queues (measured by `bench.overload`: accepted p99 5.5 s as the
-client saw it, 250 ms inside the worker). So the loop's own load is a second signal: over an
-interval in which it shed and its thread was busy (CPU time, not wall time) nearly all the
-time, the count is cut by a headroom factor, below the floor if need be, until the loop has
-time to spare; each interval without that, the factor grows back. CPU time, because a worker
-stalled by other processes on its cores (a busy CI machine) lags with its thread idle: that
-is no reason to shed, and the floor still holds then.
+What the bound cannot see from inside the worker is the wait before a request reaches it: on
+the entry's one event loop, a request is read only when the loop gets to it, and under
+overload the loop spends its core on the requests it admits and on refusing the rest. Once the
+loop has no time to spare, requests arrive faster than it reads them and the excess waits in
+the kernel's socket queues (`bench.overload` shows it: the accepted requests' p99 as the
+client sees it is many times their time inside the worker). So the loop's own load is a second
+signal: over an interval in which it shed and its thread was busy (CPU time, not wall time)
+nearly all the time, the count is cut by a headroom factor, below the floor if need be, until
+the loop has time to spare; each interval without that, the factor grows back. CPU time,
+because a worker stalled by other processes on its cores (a busy CI machine) lags with its
+thread idle: that is no reason to shed, and the floor still holds then.
 
 No maintained Python library does this for an asyncio server (the PyPI packages found are
 client-side AIMD throttles for calls to rate-limited APIs; Netflix's concurrency-limits is
@@ -72,7 +72,7 @@ class LatencyBound:
         clock: Callable[[], float] = time.perf_counter,
         cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
-        """`target_s` 0 turns the bound off: the ceiling alone applies, as before.
+        """`target_s` 0 turns the bound off: the ceiling alone applies.
 
         `cpu_clock`: the CPU time of the thread that calls `completed` (the event loop's).
         """

@@ -8,8 +8,8 @@ soon as it crosses it. Two forms carry images: the raw image as the body
 
 A multipart body is split by `_split_multipart` when it is plainly well formed (what every
 client library sends), and by Starlette's parser otherwise, which then decides (and words the
-error) exactly as before. Starlette's parser costs ~45 µs per part (python-multipart's byte
-state machine, a spooled temporary file per file part), as much as decoding a digit.
+error). Starlette's parser costs about as much per part as decoding a digit (python-multipart's
+byte state machine, a spooled temporary file per file part).
 """
 
 from __future__ import annotations

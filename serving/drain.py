@@ -5,8 +5,8 @@ systemd send to it) it sends SIGTERM to every worker of every watcher at the sam
 entry and runner services alike (circus `Arbiter._stop_watchers` stops all watchers at once,
 whatever their priority) — waits for them (BentoML sets `graceful_timeout` to a day) and exits
 0. Each worker is a uvicorn server, which on SIGTERM closes its own copy of the listening
-socket and finishes the requests it holds. Two things go wrong under load (measured with 32
-connections: 9 bare 500s, 17 lost connections): the runners stop under the entry's requests
+socket and finishes the requests it holds. Two things go wrong under load (bare 500s and lost
+connections): the runners stop under the entry's requests
 (the entry's calls to them fail), and the arbiter keeps its own copy of the listening socket
 open until every worker has exited, so connections that arrive meanwhile wait in the kernel's
 backlog with nobody to accept them, and are reset at the end.
@@ -30,8 +30,8 @@ uvicorn only when it may stop:
 Shutting the shared socket down stops new connections to every entry worker; that is right
 here because the arbiter stops all of them together. Should the arbiter itself die (kill -9),
 every worker gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and drains the same way. Only
-SIGTERM drains: a second SIGTERM is ignored, and SIGINT (Ctrl+C at a terminal) still stops a
-worker at once, as before.
+SIGTERM drains: a second SIGTERM is ignored, and SIGINT (Ctrl+C at a terminal) stops a worker
+at once.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def use_loopback_runner_sockets() -> None:
 
     BentoML's arbiter deletes the folder of the runners' Unix sockets as the first step of its
     stop (an exit-stack callback that runs before it signals the workers), so a draining entry
-    can no longer open a connection to a runner that still serves (measured: "Cannot connect
-    to unix socket ... No such file or directory", a 500 for each request that needed one).
+    cannot open a connection to a runner that still serves ("Cannot connect to unix socket
+    ... No such file or directory", a 500 for each request that needs one).
     A TCP socket has no file to lose. `BENTOML_NO_UDS` is BentoML's own switch for this (it
     is what it uses where Unix sockets are missing); a value set by the user is kept.
     """

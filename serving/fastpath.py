@@ -1,15 +1,16 @@
 """The classify routes served without FastAPI's per-request machinery, same answers.
 
 Under load the entry worker is the bottleneck, and FastAPI's route handling (dependency
-solving, its middleware stack) costs about a sixth of its CPU per request (measured with
-py-spy under `make bench-serve` load). This middleware, the outermost one of the FastAPI app,
+solving, its middleware stack) is a sizeable share of its CPU per request (py-spy shows it
+under `make bench-serve` load). This middleware, the outermost one of the FastAPI app,
 answers a well-formed POST to the classify routes by calling the very handler the FastAPI
 routes call; anything else — other routes, and any query a fast check cannot accept as
 valid — goes on into the app, whose validation then produces the documented error. The app
-stays a FastAPI app, so its OpenAPI document (and BentoML's, which merges it) is unchanged.
+stays a FastAPI app, so its OpenAPI document (and BentoML's, which merges it) is the one
+FastAPI writes from the route declarations.
 
 The entry service puts a second one outside BentoML's own middleware stack
-(`service.serve_first`), which costs about as much again: the requests it answers never
+(`service.serve_first`), which saves a similar share again: the requests it answers never
 reach the inner one, which still serves an app run without BentoML (tests, tracing on).
 """
 

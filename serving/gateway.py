@@ -102,9 +102,9 @@ class Gateway:
     def _guarded(served: Served, infer: Infer) -> Infer:
         """Runner errors as ServingErrors; a 503 from the runner's batcher, or a kept-alive
         connection the runner closed as it was reused, is retried once (inference has no side
-        effect). The second happens with several entry and runner workers (measured by
-        `make compare`: aiohttp's ServerDisconnectedError or "Can not write request body",
-        a bare 500 before this)."""
+        effect). The second happens with several entry and runner workers (`make compare`
+        shows it: aiohttp's ServerDisconnectedError or "Can not write request body", which
+        would otherwise reach the client as a bare 500)."""
         from aiohttp import ClientConnectionError, ClientError
         from bentoml.exceptions import BentoMLException, ServiceUnavailable
 

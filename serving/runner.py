@@ -92,8 +92,9 @@ def runner_service(
             # BentoML's max_latency_ms is not a wait but a budget: its dispatcher cancels
             # (503 "process is overloaded") any call it predicts will miss it. With several
             # entry workers, calls reach one runner worker at once, and a budget of the
-            # queue delay (2 ms) refused them under light load; the request's own deadline
-            # is the budget that matters. The wait to fill a batch is the entry's coalescer.
+            # queue delay (a few ms) refuses them under light load; the request's own
+            # deadline is the budget that matters. The wait to fill a batch is the entry's
+            # coalescer.
             max_latency_ms=max(1, math.ceil(deadline_s * 1000)),
         )
         async def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -7,10 +7,10 @@ request as a task of its own with a timer, its context middleware builds a Reque
 router and mount, and the FastAPI app's middleware. This middleware, which the entry service
 wraps around BentoML's whole app (`service.serve_first`), answers a classify POST that the
 limit would refuse with the same 429, Retry-After and message, counted the same way
-(outcome="shed", under its model and variant), without reading the body: measured with
-`python -m bench.refusal`, half the entry worker's CPU per 429 of a refusal at admission.
-Everything else, including a request whose query or model the app must judge, a worker not
-ready or draining, goes on as before; admission stays the authority.
+(outcome="shed", under its model and variant), without reading the body, for less of the
+entry worker's CPU per 429 than a refusal at admission (`python -m bench.refusal` measures
+both). Everything else, including a request whose query or model the app must judge, a
+worker not ready or draining, goes on into the app; admission stays the authority.
 """
 
 from __future__ import annotations
