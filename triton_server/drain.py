@@ -14,12 +14,12 @@ tritonserver through its model-repository API (`triton_server.readiness`):
 2. It keeps serving for `delay_s` (`drain_delay_s`, 0 by default: under Kubernetes a preStop
    sleep plays this part, while the endpoint is being removed).
 3. Refuse: it unloads every served model. From then on a new request is answered 404 /
-   NOT_FOUND "Request for unknown model: '<name>' has no available versions" (measured), while
+   NOT_FOUND "Request for unknown model: '<name>' has no available versions", while
    each request already admitted (queued or running) holds the model, which stays loaded
    (state UNLOADING) until the last of them has its answer.
 4. It waits until every served model reports UNAVAILABLE ("unloaded"), bounded by
-   `timeout_s`: every admitted request answered, and the model's stubs torn down (1-3 s
-   measured on 2 busy cores).
+   `timeout_s`: every admitted request answered, and the model's stubs torn down (seconds on
+   busy cores).
 5. The ordinary stop follows (`TritonFrontEnd.stop`): tritonserver gets SIGINT and exits 0
    once its HTTP clients have left or its exit timeout has passed; a request a client sends
    in that last moment, on a connection it kept open, finds the connection closed.

@@ -3,10 +3,10 @@
 tritonserver 2.51 (the build nvidia-pytriton 0.7 ships) corrupts its own heap when it traces
 requests under sustained load: its trace release can touch a trace already freed (fixed
 upstream in server PR #8144, "Fix segfaults in tracing mode after long run", release 25.04).
-Measured here with tracing at rate 1: SIGSEGV or SIGABRT in 2 of 3 runs of 100,000-150,000
-requests, and before that valid requests refused with "unknown request input name image",
-or images that arrived corrupt; with tracing off, 600,000 requests in 4 runs, every answer
-right. So the launcher traces nothing, and the figures come from two places:
+With tracing at rate 1, a long load run ends in SIGSEGV or SIGABRT, and before it valid
+requests are refused with "unknown request input name image", or images arrive corrupt; with
+tracing off, every answer is right. So the launcher traces nothing, and the figures come from
+two places:
 
 - Triton's own latency summaries (`--metrics-config summary_latencies=true`) on its
   metrics port: `nv_inference_request_summary_us` (receipt to response) and

@@ -85,8 +85,8 @@ _HANDSHAKE_PATCHED = "inference_handler_config = _handshake_config(handshake_soc
 
 
 def patch_proxy_source(source: str) -> str:
-    """PyTriton's proxy model.py with per-request errors and a handshake wait between
-    instances that outlasts a busy start; fails loudly if PyTriton changed what it patches."""
+    """PyTriton's proxy model.py with per-request errors and a handshake wait between instances
+    that outlasts a busy start; fails loudly if a PyTriton release changes what it patches."""
     for anchor, what in ((_ANCHOR, "_wrap_response"), (_HANDSHAKE_ANCHOR, "handshake")):
         if source.count(anchor) != 1:
             raise RuntimeError(

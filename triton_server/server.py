@@ -193,12 +193,12 @@ class TritonFrontEnd:
             ),
             # Live at once, ready only when every model is ready and warm. PyTriton's default
             # starts tritonserver with an empty store and loads the models into it afterwards,
-            # and an empty server answers /v2/health/ready 200 (measured: 200 for ~6 s while
-            # both digits models' ready endpoints answered 400); with its models in the store
-            # at start-up, tritonserver opens no port until they are loaded. So tritonserver
-            # starts with the loading gate alone in a local store (live, not ready), the
-            # engines load and warm meanwhile, then the models go into the store and are
-            # loaded through the repository API, and the gate is opened last.
+            # and an empty server answers /v2/health/ready 200 while the models' own ready
+            # endpoints still answer 400; with its models in the store at start-up, tritonserver
+            # opens no port until they are loaded. So tritonserver starts with the loading gate
+            # alone in a local store (live, not ready), the engines load and warm meanwhile,
+            # then the models go into the store and are loaded through the repository API, and
+            # the gate is opened last.
             triton_lifecycle_policy=TritonLifecyclePolicy(
                 launch_triton_on_startup=True, local_model_store=True
             ),
@@ -411,10 +411,10 @@ class TritonFrontEnd:
         if triton is not None:
             triton.stop()
             # When clients keep their connections open, tritonserver waits the whole exit
-            # timeout, then exits "immediately" (measured: SIGSEGV), and its stubs and
-            # PyTriton's helper process can outlive it (measured under load). Nothing of the
-            # server may outlive the launcher.
-            # This process is their subreaper (see start): orphans are its children still.
+            # timeout, then exits "immediately" (in a SIGSEGV), and its stubs and PyTriton's
+            # helper process can outlive it under load. Nothing of the server may outlive the
+            # launcher. This process is their subreaper (see start): orphans are its children
+            # still.
             _end([p for p in _descendants() if not _own_resource_tracker(p)])
             self.remember_shared_memory()
             for path in sorted(self._shared_memory):
