@@ -1,6 +1,6 @@
 """Evidently, behind one function: the only module that imports it (and pandas with it).
 
-Both are heavy imports (seconds, and hundreds of MB): they are loaded by the drift command
+Both are heavy imports (slow to import, large in memory): they are loaded by the drift command
 (`python -m monitoring drift`), which the service runs as a subprocess, never by a serving
 worker.
 """

@@ -2,13 +2,12 @@
 person, and exported as an ImageFolder tree for retraining.
 
 The queue is a query over the prediction log, not a copy: an answered image whose image was
-kept, with no decision yet, and whose top-1 confidence lies within `review_band` or on which
-a shadowing challenger disagreed (`shadow_agreed` false: one of the two versions is wrong, and
-a label says which). A
-decision (`monitoring.schema.review_labels`: the label or a discard, who, when) is one row
-per prediction; a second decision on the same prediction is refused (409). The export writes
-`<folder>/<label>/<prediction id>.<ext>`, the layout `python -m offline import --validation`
-reads.
+kept, with no decision yet, and whose top-1 confidence lies within `review_band` or on which a
+shadowing challenger disagreed (`shadow_agreed` false: one of the two versions is wrong, and a
+label says which). A decision (`monitoring.schema.review_labels`: the label or a discard, who,
+when) is one row per prediction; a second decision on the same prediction is refused (409).
+The export writes `<folder>/<label>/<prediction id>.<ext>`, the layout `python -m offline
+import --validation` reads.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ One row per answered image. Labels and scores of the top k are JSON lists; the t
 also a column of its own, for the queries drift and review make. `image` is the kept image's
 file name under the images folder, or NULL when it was not kept. `shadow_version` and
 `shadow_agreed` say, during a shadow rollout, which challenger also answered and whether it
-agreed (NULL when none did). `review_labels` holds a
-person's decision on a queued prediction: its label, or a discard.
+agreed (NULL when none did). `review_labels` holds a person's decision on a queued prediction:
+its label, or a discard.
 """
 
 from __future__ import annotations

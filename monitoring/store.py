@@ -4,7 +4,7 @@
 bytes or None) in one transaction each, with the driver's own executemany, and keeps the
 images within their byte budget. `serve` is the writer process's loop: batches arrive over a
 pipe, and each one's (written, failed) counts go back. This module imports no more than
-SQLAlchemy, Alembic and the settings, so the process starts in well under a second.
+SQLAlchemy, Alembic and the settings, so the process starts quickly.
 """
 
 from __future__ import annotations
