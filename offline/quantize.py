@@ -111,7 +111,7 @@ QUANTIZERS: dict[str, Callable[[Path, Path, np.ndarray], Path]] = {
     "onnxruntime_qdq": quantize_onnxruntime,
     # AVX2 without VNNI multiplies u8 x s8 into 16-bit sums that can saturate; 7-bit weights
     # avoid that (ORT's quantization guide) at some precision cost. Which wins depends on the
-    # model (digits: 7-bit; the random ResNet-50: 8-bit), so both are candidates.
+    # model, so both are candidates (offline.publish keeps the better).
     "onnxruntime_qdq_7bit": partial(quantize_onnxruntime, reduce_range=True),
     "nncf": quantize_nncf,
 }
