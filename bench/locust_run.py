@@ -77,9 +77,9 @@ def run_locust(  # noqa: PLR0917 (the load's shape reads best in order)
         )  # fmt: skip
         returncode, stderr = done.returncode, done.stderr
     except subprocess.TimeoutExpired as exc:
-        # Seen once in a long `make compare` (TritonGrpcUser, grpcio under gevent): the run
-        # ended, its checks and stats were written on Locust's quitting event, and then the
-        # process never exited. The load is measured by then; only a run that never got
+        # A long `make compare` can meet this (TritonGrpcUser, grpcio under gevent): the run
+        # ends, its checks and stats are written on Locust's quitting event, and then the
+        # process never exits. The load is measured by then; only a run that never got
         # that far is a failure.
         if not checks.is_file():
             raise RuntimeError(f"locust hung before its load ended: {command}") from exc
@@ -111,8 +111,8 @@ def run_locust(  # noqa: PLR0917 (the load's shape reads best in order)
 
 
 # Locust's stats CSV columns. Its periodic writer and its final write can race when a load
-# shape ends the run: a header overwritten with blanks was seen (make compare), so the
-# Aggregated row is read by position when the header is unreadable.
+# shape ends the run and can leave the header overwritten with blanks, so the Aggregated
+# row is read by position when the header is unreadable.
 STATS_COLUMNS = [
     "Type",
     "Name",

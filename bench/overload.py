@@ -3,7 +3,7 @@
 Run: `make bench-overload` (or `.venv/bin/python -m bench.overload --help`). In one run, on
 free loopback ports, it starts the BentoML service twice (digits, the default model):
 
-- `before`: the admission bound as it was, a fixed count of requests per entry worker
+- `before`: the fixed admission bound, a count of requests per entry worker
   (`IMGSERVE_LATENCY_TARGET_MS=0`, `max_concurrent_requests` 1024 unless `--fixed-limit`),
   refused at admission (`IMGSERVE_EARLY_SHEDDING=false`);
 - `now`: the default settings: the latency bound (`serving.admission`: answers/s x target / 2

@@ -79,7 +79,7 @@ def workloads(
     many = getattr(pre, "decode_and_preprocess_many", None)
 
     def one_per_request() -> object:
-        if many is None:  # what the entry did before there was a call for many
+        if many is None:  # a revision without a call for many: one call per image, stacked
             return np.stack([pre.decode_and_preprocess(png, spec, limits) for png in chosen()])
         return many(chosen(), spec, limits)
 

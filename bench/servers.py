@@ -211,17 +211,17 @@ def triton(
 
 
 # How the balancer routes around a replica that fails (a killed one, one restarting, one
-# draining): a refused or failed connection, an upstream timeout or a 503 (the services'
-# "not ready": still loading, or shutting down) sends the request to the next replica, POSTs
-# included (`non_idempotent`: classification has no side effect, so a
-# request a dead replica may have read is safe to send again), at most once more
-# (`proxy_next_upstream_tries 2`: a bound, not a retry storm). A replica that failed once
-# (`max_fails=1`) gets no new request for `fail_timeout` (2 s), then one probe request.
-# A connect that is not refused but never answered (a replica whose worker died while its
-# listening socket lives on in the arbiter) fails after 2 s instead of the default 60 s.
-# Every failure is an `error.log` line ("connect() failed ... while connecting to
-# upstream", "upstream prematurely closed"); the access log, when on, carries each
-# request's upstream address(es) and status(es), a retried one as "a, b" and "502, 200".
+# draining): a refused or failed connection, an upstream timeout or a 503 (the services' "not
+# ready": still loading, or shutting down) sends the request to the next replica, POSTs included
+# (`non_idempotent`: classification has no side effect, so a request a dead replica may have
+# read is safe to send again), at most once more (`proxy_next_upstream_tries 2`: a bound, not a
+# retry storm). A replica that failed once (`max_fails=1`) gets no new request for
+# `fail_timeout` (2 s), then one probe request. A connect that is not refused but never answered
+# (a replica whose worker died while its listening socket lives on in the arbiter) fails after
+# 2 s instead of the default 60 s. Every failure is an `error.log` line ("connect() failed ...
+# while connecting to upstream", "upstream prematurely closed"); the access log, when on,
+# carries each request's upstream address(es) and status(es), a retried one as "a, b" and
+# "502, 200".
 NGINX_CONF = """\
 worker_processes 1;
 pid {dir}/nginx.pid;
