@@ -16,8 +16,8 @@ printed with its figure:
 - p99 stable: the median p99 of the later half of the windows is at most 1.5× that of the
   earlier half, or within the model's p99 target. Halves, not the first and last windows
   alone: one window's p99 rests on its slowest 1% of requests, which another process on a
-  2-core machine can double for a window (seen: 97, 98, 110, 180 ms with p50 steady at
-  47-50 ms), while a leak or a growing queue raises every later window;
+  2-core machine can double for a window while p50 stays steady, whereas a leak or a growing
+  queue raises every later window;
 - memory: resident memory at the end exceeds that right after the warm-up by less than 50 MB.
 
 It prints a table and writes `results/soak-<timestamp>/soak.json`; the exit status is 1

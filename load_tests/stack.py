@@ -9,7 +9,7 @@ batching delay; BentoML's runner is then not batchable, Triton gets no dynamic b
 With N > 1 replicas (either mode) each replica's engine gets its share of the cores as its
 intra-op threads (cores ÷ N, at least 1), as a CPU limit per container would: N engines that
 each start one thread per core, ONNX Runtime's default, oversubscribe the cores, and the
-baseline's default session also spin-waits, which halved its throughput at 2 replicas.
+baseline's default session also spin-waits, which costs it much of its throughput.
 """
 
 from __future__ import annotations
