@@ -43,8 +43,8 @@
       plot = C.chart(document.getElementById("plot-history"),
         [{ label: "score (1 or more: drift)", stroke: "#7c3aed", width: 2, points: { show: true } }], { data, scales });
     } else plot.setData(data);
-    // Checks within a few minutes get ten minutes around them: a lone point reads as a moment,
-    // not as a span of years (uPlot's own padding of a single time).
+    // Checks less than ten minutes apart get five minutes either side: a lone point reads as a
+    // moment, not as a span of years (uPlot's own padding of a single time).
     const [first, last] = [data[0][0], data[0][data[0].length - 1]];
     if (last - first < 600) plot.setScale("x", { min: first - 300, max: last + 300 });
     C.set("checks", `${checks.length} check${checks.length === 1 ? "" : "s"}, ${checks.filter((h) => h.drifted).length} drifted`);
