@@ -43,7 +43,8 @@ def start_server(
 
     The free port is free when chosen, not when the arbiter binds it: it can be taken in
     between, by another process or by the server's own runner sockets, which BentoML binds
-    first on loopback ports the kernel chooses (seen once: "Could not bind 127.0.0.1:P").
+    first on loopback ports the kernel chooses (the start then fails: "Could not bind
+    127.0.0.1:P").
     That start is retried on another port.
     """
     for _ in range(2):

@@ -223,7 +223,7 @@ def test_bombs_are_refused_before_decoding_with_memory_flat(server, client, digi
                     assert status == 413, (name, form, error)
                     assert error["reason"] == "too_many_pixels", (name, error)
                     assert "pixels" in error["message"], (name, error)
-    # The 9,000 x 9,000 PNG is inside Pillow's own limit: the project's default cap refused it.
+    # The 9,000 x 9,000 PNG is inside Pillow's own limit: the project's default cap refuses it.
     assert f"the limit is {DEFAULT_MAX_PIXELS} pixels" in error["message"], error
     print(f"bombs: peak RSS growth of the server tree {rss.growth / 2**20:.1f} MiB")
     assert rss.growth < BOMB_RSS_BUDGET_BYTES, rss.growth

@@ -584,7 +584,7 @@ def test_preprocessing_unlike_the_original_pipeline_is_refused_by_parity(
     tmp_path: Path, text_data: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     repo = tmp_path / "repo"
-    # The closest built-in behaviour before these flags: a centred letterbox, Pillow's filter.
+    # The closest built-in behaviour without these flags: a centred letterbox, Pillow's filter.
     flags = [*PADDLE_FLAGS[: PADDLE_FLAGS.index("--resize")], "--resize", "letterbox"]
     assert main(_text_argv(text_data, repo, *flags, "--quantizers", "nncf")) == 2
     line = caplog.records[-1].getMessage()

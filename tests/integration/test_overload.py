@@ -14,8 +14,8 @@ requests are answered under overload is measured, not tested: `make bench-overlo
 Why closed loop: on two shared cores an open-loop generator at 2.5x capacity falls behind its
 own schedule and piles requests up on the client, and the server's single entry event loop,
 busy with the admitted ones, reads the excess late; the wait then lies where no shedding can
-reach it (measured: shed and admitted p99 both 16-19 s). Closed-loop clients bound what is
-outstanding, so the figures measure the service's own shedding.
+reach it (the shed and the admitted requests' p99 both grow to many seconds). Closed-loop
+clients bound what is outstanding, so the figures measure the service's own shedding.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ async def _send(client: aiohttp.ClientSession, pngs: list[bytes], image: int) ->
 
 
 def _client(url: str) -> aiohttp.ClientSession:
-    # aiohttp, not httpx: on two shared cores httpx's own CPU cost per request capped the
-    # measured "capacity" near 30 requests/s, a sixth of what aiohttp gets answered.
+    # aiohttp, not httpx: on two shared cores httpx's own CPU cost per request caps the
+    # measured "capacity" far below what aiohttp gets answered.
     # A client-side timeout well past the server's deadline: the server must answer first.
     # Idle connections are dropped before the server's keep-alive timeout (uvicorn's 5 s) would
     # close them under a request sent at that moment (aiohttp's default is 15 s).
@@ -206,8 +206,7 @@ def test_overload_sheds_fast_admits_correctly_and_recovers(overload_server, imag
     assert counted == {("digits", "fp32"): sum(o.status == 429 for o in outcomes)}, counted
     # A shed request is answered within the deadline an admitted one may use. Not faster than
     # that: the entry's one event loop reads every request in turn, so on busy cores a request it
-    # sheds waited as long as one it admits (measured: both p99 ~2 s at 144 clients, ~6 s with
-    # the machine's other work at a load of 9 on 2 cores).
+    # sheds waits as long as one it admits, seconds when the machine is loaded.
     assert p99([o.latency_s for o in shed]) < REQUEST_TIMEOUT_S, summary
     assert p99([o.latency_s for o in accepted]) < REQUEST_TIMEOUT_S, summary
     wrong = [o for o in accepted if o.label != labels[o.image]]

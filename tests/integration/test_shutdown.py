@@ -243,8 +243,8 @@ def test_bentoml_drains_on_sigterm_under_load(tmp_path: Path, digits: Digits) ->
         kinds = out.kinds()
         # Every response: its own right answer, or a refusal with a message. A connection the
         # kernel had queued but the server had not yet accepted when the listener shut is
-        # reset (TCP has no other way to stop listening); that takes a starved server (seen
-        # once, at a load average of 10 on 2 cores) and a few clients at most.
+        # reset (TCP has no other way to stop listening); that takes a starved server (a load
+        # far beyond its cores) and a few clients at most.
         resets = sum(n for kind, n in kinds.items() if kind.startswith("reset"))
         assert set(kinds) - {"200", "503", "refused"} <= {
             k for k in kinds if k.startswith("reset")

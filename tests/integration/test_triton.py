@@ -35,7 +35,7 @@ from runners.repository import Batching, Repository, write_model
 from runners.tasks.classification import scores
 from tests.integration.conftest import REPO_ROOT, free_port
 
-# The bad-input tests run on this module's server: one tritonserver start (~20 s), not two.
+# The bad-input tests run on this module's server: one tritonserver start (slow), not two.
 from tests.integration.triton_bad_input import (  # noqa: F401
     test_triton_bombs_are_refused_before_decoding_with_memory_flat,
     test_triton_grpc_message_over_the_limit_is_resource_exhausted,

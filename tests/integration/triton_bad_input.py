@@ -1,7 +1,7 @@
 """Hard to break, Triton front end: bad input against the server of `test_triton.py`.
 
 These tests run inside `test_triton.py` (it imports them), on its one server: starting
-`tritonserver` costs ~20 s, and that module's last test stops it. The server runs with the
+`tritonserver` is slow, and that module's last test stops it. The server runs with the
 default image limits (16 Mpx), so the 9,000 x 9,000 bomb meets the real pixel cap.
 
 Every bad request fails alone, with 400 / INVALID_ARGUMENT and a message that names the
@@ -186,7 +186,7 @@ def test_triton_http_json_that_does_not_parse_is_a_400(server) -> None:
 
 def test_triton_grpc_message_over_the_limit_is_resource_exhausted(server) -> None:
     """Just over Triton's receive limit. The server reads the whole message before refusing
-    it (measured: its RSS grows by the message's size), so this sends 2 GiB once."""
+    it (its RSS grows by the message's size), so this sends 2 GiB once."""
     channel = grpc.insecure_channel(
         server.grpc,
         options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],

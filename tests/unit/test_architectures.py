@@ -90,7 +90,7 @@ def test_runs_at_batch_sizes(session: ort.InferenceSession, batch: int) -> None:
 
 
 def test_different_inputs_get_different_classes(session: ort.InferenceSession) -> None:
-    # 64 inputs would be the INT8 check's size; 16 keep ResNet-50 to about two seconds here.
+    # 64 inputs would be the INT8 check's size; 16 keep ResNet-50 quick here.
     x = np.random.default_rng(7).standard_normal((16, 3, 224, 224), dtype=np.float32)
     (logits,) = session.run(None, {"input": x})
     assert len(set(logits.argmax(axis=1).tolist())) >= 8

@@ -15,7 +15,7 @@ def test_bento_packages_equal_the_project_dependencies() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]["packages"]
     # bentoml itself comes with the image BentoML builds; the Bento serves no Triton, so it
-    # leaves out nvidia-pytriton (a 55 MB tritonserver it would never start).
+    # leaves out nvidia-pytriton (a large tritonserver binary it would never start).
     assert sorted(bento) == sorted(
         d for d in project if not d.startswith(("bentoml", "nvidia-pytriton"))
     )
