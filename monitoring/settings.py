@@ -30,6 +30,13 @@ class PredictionLogSettings(DataSettings):
     prediction_log_retention_days: float = Field(
         default=30.0, gt=0, description="Records (and kept images) older than this are deleted."
     )
+    prediction_log_writer_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness the writer process adds to its own: the log yields the CPU to "
+        "serving, and still gets a share when serving takes every core.",
+    )
     prediction_log_close_s: float = Field(
         default=10.0, gt=0, description="At shutdown: how long the queued records may take."
     )

@@ -150,12 +150,16 @@ class Store:
 def serve(settings: PredictionLogSettings, connection: Connection) -> None:
     """The writer process: write each batch that arrives, answer its counts, until None.
 
+    It runs at `prediction_log_writer_niceness` below the serving process's priority.
     It leaves the serving process's group first (a session of its own), and a SIGTERM only
     starts a grace of `prediction_log_close_s`: process managers signal a worker's children
     along with it, and the serving process, which drains first, still has to send what is
     queued. It ends on None, when the serving process is gone (its end of the pipe closes),
     or when the grace after a SIGTERM is over."""
     os.setsid()
+    # Writing is background work: at a lower priority, a burst of inserts waits for a free
+    # core instead of taking one from the requests in flight.
+    os.nice(settings.prediction_log_writer_niceness)
     grace: list[float] = []
 
     def terminating(_signum: int, _frame: Any) -> None:

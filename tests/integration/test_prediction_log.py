@@ -13,6 +13,7 @@ from typing import Any
 from unittest import mock
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import create_engine, select
 
@@ -143,6 +144,25 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
     written = counted["written"]
     assert 10 <= written <= 11 and counted["dropped"] == 1000 - written, counted
     assert len(rows(settings.url)) == written
+
+
+def test_the_writer_yields_the_cpu_to_serving(tmp_path: Path) -> None:
+    settings = PredictionLogSettings(data_dir=tmp_path, prediction_log_writer_niceness=7)
+    written = threading.Event()
+
+    def count(outcome: str, _n: int) -> None:
+        if outcome == "written":
+            written.set()
+
+    log = PredictionLog(settings, count)
+    try:
+        log.record(a_row())
+        assert written.wait(60), "the writer wrote nothing within 60 s"
+        assert log._writer.pid is not None
+        writer = psutil.Process(log._writer.pid)
+        assert writer.nice() == psutil.Process().nice() + 7
+    finally:
+        assert log.close(30)
 
 
 def test_old_records_and_images_are_deleted(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 from bench import docs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +62,10 @@ def test_every_path_the_pages_link_or_quote_exists() -> None:
     assert not missing, "\n".join(sorted(missing))
 
 
-def test_the_performance_page_is_rendered_from_the_committed_results() -> None:
-    page = docs.PAGE.read_text()
-    assert docs.BLOCK.search(page), "the page has results blocks"
-    assert docs.render_page(page) == page, "run `make docs`: the page differs from its results"
+@pytest.mark.parametrize("path", [docs.PAGE, docs.README, docs.SERVING], ids=lambda p: p.name)
+def test_each_rendered_page_is_current(path: Path) -> None:
+    """The results blocks match the committed results; the settings and endpoints blocks
+    match the settings classes and the OpenAPI document."""
+    page = path.read_text()
+    assert docs.BLOCK.search(page), "the page has rendered blocks"
+    assert docs.render_page(page) == page, f"run `make docs`: {path.name} differs from its sources"
