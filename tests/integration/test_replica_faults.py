@@ -8,7 +8,8 @@ kubelet's, restarts the whole server). Behind nginx, two replicas run under supe
 
 Every answer is checked against the in-process model's label for its own image; failures
 are counted by the client and logged by nginx. `python -m pytest
-tests/integration/test_replica_faults.py -s` prints the figures docs/reliability.md quotes.
+tests/integration/test_replica_faults.py -s` prints what each kill cost (failures, the time to
+respawn or restart and to serve again); docs/reliability.md states what is asserted.
 """
 
 from __future__ import annotations

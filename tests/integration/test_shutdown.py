@@ -11,8 +11,9 @@ closed under a request at the very end; exit status 0; none of the server's proc
 (circus starts each worker in a session of its own: they are followed by pid); none of its
 shared memory and no drain lock file left.
 
-`python -m pytest tests/integration/test_shutdown.py -s` prints the figures docs/reliability.md's
-"Hard to break" table quotes.
+`python -m pytest tests/integration/test_shutdown.py -s` prints what the clients and the server
+saw (in flight at SIGTERM, the time to exit, each kind of answer); docs/reliability.md states
+what is asserted.
 """
 
 from __future__ import annotations
