@@ -25,14 +25,14 @@ from runners.modelfile import check_model_file
 from runners.settings import BackendSettings
 from runners.tensors import Tensors, pack, unpack
 from runners.versions import answer_specs, request_specs
-from serving import loadfailure
+from serving import bentoml_compat, loadfailure
 from serving.app import create_app
 from serving.catalog import Catalog, Served
-from serving.drain import runner_bound_s, use_loopback_runner_sockets
+from serving.drain import runner_bound_s
 from serving.fastpath import FastPath
 from serving.gateway import Gateway, Runner
 from serving.metrics import count_rollout_decision, metrics_text, publish_drift
-from serving.runner import quiet, runner_service
+from serving.runner import runner_service
 from serving.settings import ServingSettings
 from serving.shedding import ShedEarly
 
@@ -65,7 +65,7 @@ def served_catalog(settings: ServingSettings, backend_settings: BackendSettings)
     """
     try:
         catalog = Catalog(settings, backend_settings)
-        if bentoml.server_context.worker_index is None:
+        if bentoml_compat.worker_index() is None:
             consistency.check(settings.repository, settings.models)
             for served in catalog:
                 check_model_file(served.entry.onnx_path)
@@ -77,7 +77,8 @@ def served_catalog(settings: ServingSettings, backend_settings: BackendSettings)
     return catalog
 
 
-use_loopback_runner_sockets()
+bentoml_compat.check_version()
+bentoml_compat.use_loopback_runner_sockets()
 settings = ServingSettings()
 backend_settings = BackendSettings()
 catalog = served_catalog(settings, backend_settings)
@@ -139,10 +140,10 @@ class ImageClassifier:
         # SIGTERM drains this worker before it stops (serving.drain says how and why).
         self.gateway.drain.install()
         # One entry worker judges rollouts (BentoML numbers its workers from 1).
-        if settings.rollout_controller and bentoml.server_context.worker_index in (None, 1):
+        if settings.rollout_controller and bentoml_compat.worker_index() in (None, 1):
             self.rollouts.run_controller()
         # One entry worker checks drift and sets the gauges every worker's /metrics reports.
-        if bentoml.server_context.worker_index in (None, 1):
+        if bentoml_compat.worker_index() in (None, 1):
             self.drift.start()
 
     @bentoml.on_shutdown
@@ -180,41 +181,35 @@ def _infer(proxy: Any, served: Served) -> Any:
     return infer
 
 
-def serve_first(service_class: type[Any]) -> type[Any]:
-    """The entry service's class, with the classify routes served outside BentoML's ASGI stack.
+def serve_first(built: Any) -> Any:
+    """The app the entry worker serves: BentoML's app (`built`) with the classify routes
+    served outside its ASGI stack.
 
     BentoML serves the mounted app inside its own middleware (its error handler, its
     OpenTelemetry and timeout middleware: a task, a future and a timer per request, its
     context middleware, its router and mount, then the FastAPI app's own), and
     `add_asgi_middleware` adds to the inside of that. On the entry worker's one event loop
     that stack costs every request (`python -m bench.refusal` measures the entry worker's CPU
-    per 429 refused after it, inside it and outside it). So `to_asgi`, the method BentoML's
-    worker calls to build the app it serves, is wrapped: `ShedEarly` first, then `FastPath`,
-    which answers a well-formed classify POST with the same handler the FastAPI route calls
-    (so the same answers, errors, metrics and deadline: the handler's own, earlier than
-    BentoML's traffic timeout). Everything else (health, metrics, OpenAPI, odd queries) goes
-    through BentoML's stack, except `GET /`, which BentoML answers with its generic page:
-    `ConsoleAtRoot` sends it to the web console. With request tracing on, classify requests
-    keep BentoML's OpenTelemetry span: the fast path is then left inside. A refused or
-    fast-path request skips BentoML's CORS headers (none configured here).
+    per 429 refused after it, inside it and outside it). So the app BentoML builds is wrapped
+    (`bentoml_compat.serve_outermost`): `ShedEarly` first, then `FastPath`, which answers a
+    well-formed classify POST with the same handler the FastAPI route calls (so the same
+    answers, errors, metrics and deadline: the handler's own, earlier than BentoML's traffic
+    timeout). Everything else (health, metrics, OpenAPI, odd queries) goes through BentoML's
+    stack, except `GET /`, which BentoML answers with its generic page: `ConsoleAtRoot` sends
+    it to the web console. With request tracing on, classify requests keep BentoML's
+    OpenTelemetry span: the fast path is then left inside. A refused or fast-path request
+    skips BentoML's CORS headers (none configured here).
     """
-
-    class ServeFirst(service_class):
-        __slots__ = ()  # the same layout: an instance can take this class
-
-        def to_asgi(self, is_main: bool = True) -> Any:
-            served: Any = ConsoleAtRoot(super().to_asgi(is_main))
-            if not settings.trace_requests:
-                served = FastPath(served, answer=app.state.answer, owner=app)
-            if settings.early_shedding:
-                served = ShedEarly(
-                    served,
-                    gateway=lambda: getattr(app.state, "gateway", None),
-                    retry_after_s=settings.retry_after_s,
-                )
-            return served
-
-    return ServeFirst
+    served: Any = ConsoleAtRoot(built)
+    if not settings.trace_requests:
+        served = FastPath(served, answer=app.state.answer, owner=app)
+    if settings.early_shedding:
+        served = ShedEarly(
+            served,
+            gateway=lambda: getattr(app.state, "gateway", None),
+            retry_after_s=settings.retry_after_s,
+        )
+    return served
 
 
 def _probe(proxy: Any) -> Any:
@@ -231,7 +226,6 @@ ImageClassifier = bentoml.service(  # type: ignore[misc]
     name="image_classifier",
     workers=settings.entry_workers,
     traffic={"timeout": settings.request_timeout_s + 5},
-    **quiet(settings.trace_requests),
+    **bentoml_compat.service_config(settings.trace_requests),
 )(bentoml.asgi_app(app, path="/")(ImageClassifier))
-_service: Any = ImageClassifier  # a bentoml.Service by now
-_service.__class__ = serve_first(type(_service))
+bentoml_compat.serve_outermost(ImageClassifier, serve_first)

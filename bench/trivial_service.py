@@ -15,10 +15,10 @@ from typing import Any
 import bentoml
 from PIL.Image import Image
 
-from serving.runner import quiet
+from serving.bentoml_compat import service_config
 
 
-@bentoml.service(name="trivial", workers=1, **quiet())
+@bentoml.service(name="trivial", workers=1, **service_config())
 class Trivial:
     @bentoml.api(route="/v1/classify")
     def classify(self, image: Image) -> dict[str, Any]:

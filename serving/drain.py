@@ -53,6 +53,7 @@ from types import FrameType
 from typing import Any
 
 from runners.errors import NotReady
+from serving import bentoml_compat
 
 logger = logging.getLogger("serving")
 
@@ -67,20 +68,6 @@ RUNNER_MARGIN_S = 5.0
 Handler = Callable[[int, FrameType | None], Any]
 
 
-def use_loopback_runner_sockets() -> None:
-    """Runner services on loopback TCP instead of Unix sockets; call before `bentoml serve`
-    creates its sockets (importing the service module, which the arbiter does first, is).
-
-    BentoML's arbiter deletes the folder of the runners' Unix sockets as the first step of its
-    stop (an exit-stack callback that runs before it signals the workers), so a draining entry
-    cannot open a connection to a runner that still serves ("Cannot connect to unix socket
-    ... No such file or directory", a 500 for each request that needs one).
-    A TCP socket has no file to lose. `BENTOML_NO_UDS` is BentoML's own switch for this (it
-    is what it uses where Unix sockets are missing); a value set by the user is kept.
-    """
-    os.environ.setdefault("BENTOML_NO_UDS", "1")
-
-
 def entry_lock_path() -> Path:
     """One file per `bentoml serve`, known to the entry and every runner worker.
 
@@ -89,17 +76,8 @@ def entry_lock_path() -> Path:
     starts, so the file of a server that was killed outright does not outlive the next start;
     the arbiter's pid, the workers' common parent, names it.
     """
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
-    return Path(folder) / f"{LOCK_NAME}.{os.getppid()}"
-
-
-def listening_fd() -> int | None:
-    """The listening socket BentoML's worker serves on (its `--fd` argument), if any."""
-    argv = sys.argv
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--fd" and argv[i + 1].isdigit():
-            return int(argv[i + 1])
-    return None
+    folder = bentoml_compat.multiprocess_dir() or tempfile.gettempdir()
+    return Path(folder) / f"{LOCK_NAME}.{bentoml_compat.arbiter_pid()}"
 
 
 def shut_listener(fd: int) -> bool:
@@ -224,7 +202,7 @@ class EntryDrain(_Drain):
         )
         await asyncio.sleep(self.delay_s)
         self.refusing = True
-        fd = listening_fd()
+        fd = bentoml_compat.listening_fd()
         if fd is None or not shut_listener(fd):
             logger.warning("no listening socket to shut: new connections wait for the exit")
         deadline = time.monotonic() + self.timeout_s

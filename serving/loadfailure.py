@@ -19,6 +19,8 @@ import signal
 import tempfile
 from pathlib import Path
 
+from serving import bentoml_compat
+
 logger = logging.getLogger("serving")
 
 # Not an IMGSERVE_ setting: the arbiter sets it for its workers, nobody else.
@@ -53,4 +55,4 @@ def stop_the_server(message: str) -> None:
         return  # not under an armed `bentoml serve` (a test that builds the runner alone)
     Path(path).write_text(message)
     logger.error("%s; stopping the server", message)
-    os.kill(os.getppid(), signal.SIGTERM)
+    os.kill(bentoml_compat.arbiter_pid(), signal.SIGTERM)

@@ -23,25 +23,11 @@ from runners.repository import ModelEntry
 from runners.settings import BackendSettings
 from runners.tensors import pack, unpack
 from runners.versions import ANSWERED, SHADOW, VersionSet, answer_specs, request_specs
+from serving import bentoml_compat
 from serving.catalog import Served
 from serving.drain import RunnerDrain
 from serving.loadfailure import stop_the_server
 from serving.metrics import metrics
-
-
-# BentoML's request metrics label by raw path (a random path is a new series) and its access
-# log costs CPU per request: the service's own metrics replace the first, the second is off.
-# Its OpenTelemetry middleware opens a span per request even with no exporter configured
-# (a cost on every request of the entry worker's loop), so tracing is opt-in.
-def quiet(trace_requests: bool = False) -> dict[str, Any]:
-    """Service config shared by every service here (a fresh dict: BentoML merges into it)."""
-    config: dict[str, Any] = {
-        "metrics": {"enabled": False},
-        "logging": {"access": {"enabled": False}},
-    }
-    if not trace_requests:
-        config["tracing"] = {"excluded_urls": ["/"]}  # a pattern every path matches
-    return config
 
 
 def runner_service(
@@ -115,4 +101,6 @@ def runner_service(
             return pack(answered, outputs)
 
     VariantRunner.__name__ = VariantRunner.__qualname__ = f"Runner_{entry.name}"
-    return bentoml.service(name=served.key, workers=workers, **quiet(trace_requests))(VariantRunner)
+    return bentoml.service(
+        name=served.key, workers=workers, **bentoml_compat.service_config(trace_requests)
+    )(VariantRunner)

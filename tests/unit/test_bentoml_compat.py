@@ -1,0 +1,75 @@
+"""What `serving.bentoml_compat` relies on, checked against the installed BentoML: an upgrade
+that changes any of it fails here, naming it."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any
+
+import _bentoml_impl.server.serving as bentoml_serving
+import _bentoml_impl.worker.service as bentoml_worker
+import bentoml
+import pytest
+
+from serving import bentoml_compat
+
+
+def test_the_installed_bentoml_is_the_pinned_release() -> None:
+    bentoml_compat.check_version()
+
+
+def test_no_uds_is_bentomls_switch_to_loopback_tcp() -> None:
+    assert bentoml_compat.NO_UDS in inspect.getsource(bentoml_serving._get_server_socket)
+
+
+def test_bentoml_serve_names_its_multiprocess_folder_to_every_worker() -> None:
+    assert bentoml_compat.MULTIPROCESS_DIR in inspect.getsource(bentoml_serving)
+
+
+def test_a_worker_gets_its_listening_socket_as_fd(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert '"--fd"' in inspect.getsource(bentoml_worker)
+    monkeypatch.setattr(sys, "argv", ["worker", "--fd", "7", "--worker-id", "1"])
+    assert bentoml_compat.listening_fd() == 7
+    monkeypatch.setattr(sys, "argv", ["worker"])
+    assert bentoml_compat.listening_fd() is None
+
+
+def test_outside_bentoml_serve_there_is_no_worker_index() -> None:
+    assert bentoml_compat.worker_index() is None
+
+
+@bentoml.service(name="compat_probe", **bentoml_compat.service_config())
+class _Probe:
+    @bentoml.api
+    def echo(self, text: str) -> str:
+        return text
+
+
+def test_the_service_config_is_accepted_and_turns_the_extras_off() -> None:
+    probe: Any = _Probe
+    config = probe.config
+    assert config["metrics"]["enabled"] is False
+    assert config["logging"]["access"]["enabled"] is False
+    assert config["tracing"]["excluded_urls"] == ["/"]
+
+
+def test_serve_outermost_wraps_the_app_bentoml_builds() -> None:
+    seen: list[Any] = []
+
+    def wrap(app: Any) -> Any:
+        seen.append(app)
+        return ("wrapped", app)
+
+    service: Any = bentoml.service(name="compat_wrapped")(type("Wrapped", (), {}))
+    bentoml_compat.serve_outermost(service, wrap)
+    served = service.to_asgi()
+    assert served == ("wrapped", seen[0]) and callable(seen[0])
+
+
+def test_a_service_class_without_to_asgi_is_refused() -> None:
+    class Changed:
+        pass
+
+    with pytest.raises(bentoml_compat.BentoMLChanged, match="to_asgi"):
+        bentoml_compat.serve_outermost(Changed(), lambda app: app)
