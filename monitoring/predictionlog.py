@@ -50,11 +50,19 @@ log = logging.getLogger(__name__)
 # (outcome, count): written | dropped | failed records; the metrics hook.
 Counter = Callable[[str, int], None]
 START_TIMEOUT_S = 60.0
-_POSITION = {name: i for i, name in enumerate(store.COLUMNS)}
-_STATS = tuple(_POSITION[name] for name in ("width", "height", "format", "pixel_mean", "pixel_std"))
-_FIELDS = tuple(_POSITION[name] for name in ("label", "score", "labels", "scores"))
-_OUTCOME = _POSITION["outcome"]
-_SHADOW = (_POSITION["shadow_version"], _POSITION["shadow_agreed"])
+# The columns in the order `answered` builds a row (one tuple expression is the cheapest
+# build on the request path); the table's own order must be this one.
+ROW = (
+    "at", "request_id", "image_index", "model", "variant", "version", "backend", "outcome",
+    "label", "score", "labels", "scores", "latency_ms",
+    "width", "height", "format", "pixel_mean", "pixel_std", "image",
+    "shadow_version", "shadow_agreed",
+)  # fmt: skip
+if store.COLUMNS != ROW:
+    raise RuntimeError(f"the prediction log's columns {store.COLUMNS} are not built as {ROW}")
+
+
+_NO_STATS = (None, None, None, None, None)
 
 
 def _no_count(_outcome: str, _count: int) -> None:
@@ -110,30 +118,32 @@ class PredictionLog:
         at = time.time()
         decoded = iter(stats)
         verdicts = iter(shadows)
-        common = (labels["model"], labels["variant"], version, labels["backend"])
+        model, variant, backend = labels["model"], labels["variant"], labels["backend"]
         for index, result in enumerate(results):
-            row: list[Any] = [None] * len(store.COLUMNS)
-            row[0:7] = (at, request_id, index, *common)
-            row[_POSITION["latency_ms"]] = latency_ms
             if isinstance(result, ServingError):
-                row[_OUTCOME] = result.reason
-                self.record(tuple(row))
-                continue
-            row[_OUTCOME] = "ok"
-            fields = task.log_fields(result)
-            for i, name in zip(_FIELDS, ("label", "score", "labels", "scores"), strict=True):
-                row[i] = fields.get(name)
-            stat = next(decoded, None)
-            if stat is not None:
-                row[_STATS[0] : _STATS[-1] + 1] = (
-                    stat.width, stat.height, stat.format, stat.pixel_mean, stat.pixel_std,
+                self.record(
+                    (at, request_id, index, model, variant, version, backend, result.reason,
+                     None, None, None, None, latency_ms, None, None, None, None, None, None,
+                     None, None)
                 )  # fmt: skip
+                continue
+            fields = task.log_fields(result)
+            score = fields.get("score")
+            stat = next(decoded, None)
             verdict = next(verdicts, 0)
-            if verdict:
-                row[_SHADOW[0]], row[_SHADOW[1]] = abs(verdict), verdict > 0
-            if index < len(images) and self.wants_image(fields.get("score"), verdict < 0):
-                row[store.IMAGE] = images[index]
-            self.record(tuple(row))
+            image = (
+                images[index]
+                if index < len(images) and self.wants_image(score, verdict < 0)
+                else None
+            )
+            self.record(
+                (at, request_id, index, model, variant, version, backend, "ok",
+                 fields.get("label"), score, fields.get("labels"), fields.get("scores"),
+                 latency_ms,
+                 *(_NO_STATS if stat is None else (
+                     stat.width, stat.height, stat.format, stat.pixel_mean, stat.pixel_std)),
+                 image, abs(verdict) if verdict else None, verdict > 0 if verdict else None)
+            )  # fmt: skip
 
     def record(self, row: store.Row) -> None:
         """Queue one row (its `image` the bytes to keep, or None); never blocks, and never

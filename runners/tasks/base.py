@@ -102,7 +102,8 @@ class Task(ABC):
     @abstractmethod
     def log_fields(self, answer: Any) -> dict[str, Any]:
         """What the prediction log keeps of one answer: columns of `monitoring.schema`
-        (label, score, labels, scores)."""
+        (label, score, labels, scores), lists as tuples (a queued row of atoms and tuples
+        of atoms is no work for the garbage collector)."""
 
     # The prediction log's columns a drift check compares (monitoring.drift); none: the task
     # has no drift check.

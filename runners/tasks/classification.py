@@ -164,12 +164,13 @@ class Classification(Task):
             metrics.predictions.labels(**labels, label=label).inc(count)
 
     def log_fields(self, answer: list[Prediction]) -> dict[str, Any]:
-        """The top-1 label and score, and the top k of each."""
+        """The top-1 label and score, and the top k of each (tuples: a queued row that holds
+        only atoms and tuples of atoms leaves the garbage collector's lists)."""
         return {
             "label": answer[0]["label"],
             "score": answer[0]["score"],
-            "labels": [p["label"] for p in answer],
-            "scores": [p["score"] for p in answer],
+            "labels": tuple([p["label"] for p in answer]),
+            "scores": tuple([p["score"] for p in answer]),
         }
 
     def triton_outputs(self, entry: ModelEntry) -> list[tuple[str, type, tuple[int, ...]]]:
