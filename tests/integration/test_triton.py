@@ -8,6 +8,7 @@ The last test stops the server and checks that no process and no shared memory i
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -28,6 +29,8 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from bench import integrity
+from offline.digits import encode_png
 from runners.backends import create_backend
 from runners.model import LoadedModel
 from runners.preprocessing import decode_and_preprocess
@@ -300,6 +303,24 @@ def test_concurrent_clients_each_get_their_own_answer(
             results = list(pool.map(one, range(len(blobs))))
         for i, answer in enumerate(results):
             np.testing.assert_allclose(answer[0], expected[i], rtol=1e-5, atol=1e-6)
+
+
+def test_thousands_of_concurrent_answers_are_each_their_own_requests(
+    server: TritonProcess,
+) -> None:
+    """Over each protocol, 32 clients send 2,000 requests of 200 images, which the dynamic
+    batcher mixes: every answer is its own image's (`bench.integrity`; its long run,
+    `python -m bench.integrity`, sends 200,000 a protocol)."""
+    images = np.load(REPO_ROOT / "data" / "digits_heldout.npz")["images"][:200]
+    pngs = [encode_png(pixels) for pixels in images]
+    expected = asyncio.run(integrity.reference(server.http, pngs))
+    for protocol, address in (("http", server.http), ("grpc", server.grpc)):
+        tally = asyncio.run(
+            integrity.hammer(
+                protocol, address, pngs, expected, requests=2000, concurrency=32, seed=7
+            )
+        )
+        assert (tally.right, tally.wrong, dict(tally.errors)) == (2000, 0, {}), tally.summary()
 
 
 def test_a_bad_image_fails_only_its_own_request(server: TritonProcess, digits) -> None:
