@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve bench-rollout bench-predictionlog bench-drift bench-overload docs compare observe dashboards fuzz soak clean
+.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve bench-rollout bench-predictionlog bench-drift bench-overload bench-integrity docs compare observe dashboards fuzz soak clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -124,6 +124,12 @@ docs: setup
 OVERLOAD_ARGS ?=
 bench-overload: models
 	$(PY) -m bench.overload $(OVERLOAD_ARGS)
+
+## bench-integrity: 200,000 concurrent requests a protocol to Triton, each answer checked
+## against its own image's; results/bench-integrity.json
+INTEGRITY_ARGS ?=
+bench-integrity: models
+	$(PY) -m bench.integrity $(INTEGRITY_ARGS)
 
 ## compare: the Locust comparison matrix (variants x batching x replicas x front ends x models)
 ## with capacity at the p99 target; report in results/<timestamp>/ (builds the load profiles only

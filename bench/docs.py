@@ -172,6 +172,24 @@ def overload(result: Result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def integrity(result: Result) -> str:
+    lines = [
+        _source(result, "make bench-integrity"),
+        f"`{result['model']}` on Triton, {result['concurrency']} concurrent clients a protocol, "
+        "every answer compared with its own image's.",
+        "",
+        "| protocol | requests | right | wrong | errors | req/s | 0 wrong, 0 errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["protocols"]:
+        lines.append(
+            f"| {row['protocol']} | {row['requests']:,} | {row['right']:,} | {row['wrong']} | "
+            f"{row['errors']} | {row['requests_per_s']:,.0f} | "
+            f"{_met(row['wrong'] == 0 and row['errors'] == 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _best_ratio(raw: Result, family: str, variant: str, size: int) -> tuple[float, str] | None:
     found = [
         (r["over_fp32"], r["backend"])
@@ -316,6 +334,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "rollout": rollout,
     "predictionlog": predictionlog,
     "overload": overload,
+    "integrity": integrity,
 }
 
 
