@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from runners.repository import REGISTRY_STAMP
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -134,10 +137,33 @@ TEST_LIMITS = {
 }
 
 
+COMMITTED_DIGITS = ("digits_fp32", "digits_int8")
+
+
+def committed_digits(root: Path) -> Path:
+    """The committed digits entries copied into `root` (without a registry stamp): what a
+    fresh clone serves, whatever `make serve` or `make profiles` added to model_repository/
+    here (a BF16 variant on a BF16 CPU, the load profiles)."""
+    for name in COMMITTED_DIGITS:
+        shutil.copytree(
+            REPO_ROOT / "model_repository" / name,
+            root / name,
+            ignore=shutil.ignore_patterns(REGISTRY_STAMP),
+        )
+    return root
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("bentoml_home")
-    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **TEST_LIMITS}
+    repository = committed_digits(tmp_path_factory.mktemp("model_repository"))
+    env = {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "IMGSERVE_REPOSITORY": str(repository),
+        "IMGSERVE_DATA_DIR": str(home / "data"),
+        **TEST_LIMITS,
+    }
     running = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:
         yield running

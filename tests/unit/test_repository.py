@@ -7,6 +7,7 @@ from tritonclient.grpc import model_config_pb2
 from runners.errors import NotFound, RepositoryError
 from runners.preprocessing import PreprocessSpec
 from runners.repository import (
+    TRITON_BACKEND,
     Batching,
     ModelEntry,
     Repository,
@@ -121,11 +122,13 @@ def test_spec_must_match_input_dims(tmp_path: Path) -> None:
     assert not entry.directory.exists()
 
 
-def test_every_committed_config_parses_as_model_config() -> None:
+def test_every_config_in_the_repository_parses_as_model_config() -> None:
+    """The committed entries, and any a `make profiles` or `make detector` added: each one's
+    backend is the official container's for its precision."""
     configs = sorted((REPO_ROOT / "model_repository").glob("*/config.pbtxt"))
     assert {p.parent.name for p in configs} >= {"digits_fp32", "digits_int8"}
     for path in configs:
         config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
         assert config.name == path.parent.name
-        assert config.backend == "onnxruntime"
-        read_model(path.parent)
+        entry = read_model(path.parent)
+        assert config.backend == TRITON_BACKEND[entry.precision], path
