@@ -22,7 +22,7 @@ from runners.model import LoadedModel
 from runners.preprocessing import ImageLimits
 from runners.repository import read_model
 from runners.tasks import AnswerOptions
-from runners.tasks.detection import DETECTION
+from runners.tasks.detection import DETECTION, Detection
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_canvases_are_reproducible_and_their_boxes_hold_the_ink() -> None:
 def test_map50_of_exact_and_missing_answers() -> None:
     splits = load_splits()
     truth = draw(splits.test_images, splits.test_labels, 10, seed=HELDOUT_SEED)
-    exact = [
+    exact: list[list[Detection]] = [
         [
             {"label": str(c), "index": int(c), "score": 0.9, "box": box}
             for c, box in zip(classes.tolist(), boxes.tolist(), strict=True)
