@@ -293,22 +293,24 @@ class ObjectDetection(Task):
             (COUNT, np.int32, (1,)),
         ]
 
-    def triton_answer(self, entry: ModelEntry, outputs: Tensors) -> Tensors:
+    def triton_answer(
+        self, entry: ModelEntry, outputs: Tensors, metas: Sequence[Letterboxed | None] = ()
+    ) -> Tensors:
         """The padded outputs of a batch, one row per image. Boxes are x1 y1 x2 y2 in the
-        model input's pixels: a request may send tensors rather than images, and then no
-        original size is known (a client that letterboxed maps them back itself)."""
+        sent image's pixels; for a row sent as a tensor, in the model input's pixels (no
+        original size is known: a client that letterboxed maps them back itself)."""
         most = self.parameters(entry).max_detections
         found = self.detect(entry, outputs)
         count = len(found)
+        placed = list(metas) or [None] * count
         boxes = np.zeros((count, most, 4), np.float32)
         scores = np.zeros((count, most), np.float32)
         classes = np.full((count, most), -1, np.int32)
         counts = np.zeros((count, 1), np.int32)
-        for i, image in enumerate(found):
+        for i, (image, meta) in enumerate(zip(found, placed, strict=True)):
             n = len(image.scores)
-            boxes[i, :n], scores[i, :n], classes[i, :n], counts[i, 0] = (
-                image.boxes, image.scores, image.classes, n,
-            )  # fmt: skip
+            boxes[i, :n] = image.boxes if meta is None else meta.to_original(image.boxes)
+            scores[i, :n], classes[i, :n], counts[i, 0] = image.scores, image.classes, n
         return {BOXES: boxes, SCORES: scores, CLASSES: classes, COUNT: counts}
 
 

@@ -237,3 +237,11 @@ def test_check_refuses_what_a_detector_cannot_serve(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="invalid detection parameters"):
         read_model(entry.directory)
     assert DetectionParameters().as_strings()["max_detections"] == "100"
+
+
+def test_triton_answer_maps_image_rows_to_their_pixels(tmp_path: Path) -> None:
+    entry = detector_entry(tmp_path, max_detections="4")
+    meta = Letterboxed(64, 64, "PNG", 0.0, 0.0, 0, 0, 32, 32)  # the image is twice the input
+    answer = DETECTION.triton_answer(entry, {"output0": hand_built_output()}, [meta, None])
+    np.testing.assert_allclose(answer[BOXES][0, 0], [12, 20, 28, 28])
+    assert answer[COUNT].tolist() == [[3], [0]]
