@@ -77,7 +77,7 @@ class DetectorCard(BaseModel):
     evaluation: DetectionEvaluation
     gate: DetectionGate | None
     bf16: str = Field(description="Whether a BF16 variant is published, and why.")
-    files: dict[str, int] = Field(description="Variant -> ONNX file size in bytes.")
+    files: dict[str, int] = Field(description="`VARIANT_bytes` -> its ONNX file's size.")
     performance: list[PerfRow]
     machine: str = Field(default_factory=describe_machine)
     cpu: CpuInfo | None = Field(default_factory=this_cpu)
@@ -89,11 +89,11 @@ class DetectorCard(BaseModel):
         e = self.evaluation
         rows = [
             f"| {variant} | {'' if value is None else f'{value:.2%}'} | "
-            f"{self.files.get(variant, '')} |"
+            f"{self.files.get(f'{variant}_bytes', '')} |"
             for variant, value in (
                 ("fp32", e.fp32_map50), ("int8", e.int8_map50), ("bf16", e.bf16_map50),
             )
-            if variant in self.files
+            if f"{variant}_bytes" in self.files
         ]  # fmt: skip
         perf = [
             f"| {r.variant} | {r.backend} | {r.batch_size} | {r.images_per_s:.0f} | "

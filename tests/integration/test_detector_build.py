@@ -87,6 +87,7 @@ def test_a_short_build_publishes_a_servable_detector(tmp_path: Path) -> None:
     assert fp32.outputs[0].dims == (14, 144)
     written = json.loads(fp32.card_path.read_text())
     assert written["evaluation"]["fp32_map50"] == card.evaluation.fp32_map50
+    assert written["files"]["fp32_bytes"] == fp32.onnx_path.stat().st_size
     assert "mAP@0.5" in (fp32.directory / "model_card.md").read_text()
     model = LoadedModel.load(fp32)
     prepared = DETECTION.prepare(fp32, data.heldout.pngs()[:3], ImageLimits())
