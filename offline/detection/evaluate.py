@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from offline.detection.canvases import Canvases
 from runners.backends import create_backend
 from runners.precision import Precision
 from runners.preprocessing import ImageLimits
@@ -26,6 +27,35 @@ from runners.tasks import AnswerOptions
 from runners.tasks.detection import DETECTION, Detection
 
 EVAL_SCORE_THRESHOLD = 0.001
+
+
+class Truth(Protocol):
+    """Per image, boxes (k, 4) x1 y1 x2 y2 and their class indices (k,): labelled canvases,
+    or what a reference model found."""
+
+    @property
+    def boxes(self) -> list[np.ndarray]: ...
+
+    @property
+    def classes(self) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Found:
+    """Truth taken from answers: each box at or above `score` of a reference model's."""
+
+    boxes: list[np.ndarray]
+    classes: list[np.ndarray]
+
+    @classmethod
+    def of(cls, answers: Sequence[Sequence[Detection]], score: float) -> Found:
+        kept = [[d for d in answer if d["score"] >= score] for answer in answers]
+        return cls(
+            [np.array([d["box"] for d in a], np.float64).reshape(-1, 4) for a in kept],
+            [np.array([d["index"] for d in a], np.int64) for a in kept],
+        )
+
+
 BATCH = 32
 
 
@@ -53,8 +83,8 @@ def detect(
     return answers
 
 
-def map50(truth: Canvases, answers: Sequence[Sequence[Detection]], classes: int) -> float:
-    """COCO mAP at IoU 0.5 (pycocotools' AP50) of `answers` against the canvases' boxes."""
+def map50(truth: Truth, answers: Sequence[Sequence[Detection]], classes: int) -> float:
+    """COCO mAP at IoU 0.5 (pycocotools' AP50) of `answers` against the true boxes."""
     from pycocotools.coco import COCO  # build extra: serving never imports it
     from pycocotools.cocoeval import COCOeval
 
@@ -90,7 +120,7 @@ def map50(truth: Canvases, answers: Sequence[Sequence[Detection]], classes: int)
     with contextlib.redirect_stdout(io.StringIO()):
         ground = COCO()
         ground.dataset = {
-            "images": [{"id": i} for i in range(len(truth))],
+            "images": [{"id": i} for i in range(len(truth.boxes))],
             "annotations": annotations,
             "categories": [{"id": c} for c in range(classes)],
         }
