@@ -4,7 +4,8 @@ python -m offline models [--profiles]    build whatever the repository is missin
 python -m offline digits [--retrain]     build a new version of the default digits model
 python -m offline detector [--retrain]   build a new version of the digit detector
 python -m offline profile NAME|all       build a load-profile model
-python -m offline import ...             bring your own ONNX image classifier
+python -m offline import ...             bring your own ONNX image classifier or detector
+                                         (--task detection)
 python -m offline versions NAME          the registry's versions of a model and its aliases
 python -m offline promote NAME VERSION   serve a registry version: repository, then champion
 python -m offline rollout NAME start VERSION [--canary S] [--shadow S] [--hold]

@@ -11,6 +11,7 @@ batch 1 is made dynamic when that provably gives the same rows, else served unba
 With --reference, the served FP32 file must agree with the model's original pipeline on
 the reference images (--min-parity). Then `offline.publish` quantizes, gates, measures and
 writes both variants. Every failure ends in one line; --debug adds the traceback.
+`--task detection` imports a YOLOv8-style detector instead (`offline.importing.detection`).
 """
 
 from __future__ import annotations
