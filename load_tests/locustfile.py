@@ -1,4 +1,5 @@
-"""Locust users for the classify endpoints: held-out digits, digit batches, 256x256 photos.
+"""Locust users for the classify and detect endpoints: held-out digits, digit batches, 256x256
+photos, generated canvases.
 
     .venv/bin/locust -f load_tests/locustfile.py --headless -u 32 -r 32 -t 20s \
         --host http://127.0.0.1:3000 --csv results/load DigitUser
@@ -9,9 +10,12 @@ posts it as a multipart `image` upload (the one input form that the service, Ben
 trivial endpoint and the plain baseline all take);
 `DigitBatchUser` posts `--images-per-request` digits as multipart `images` to
 /v1/classify/batch; `PhotoUser` posts 256x256 RGB JPEGs to a load-profile model
-(`--model resnet50 --variant int8`). `TritonHttpUser` and `TritonGrpcUser` send one digit
-as the BYTES input `image` of `<model>_<variant>` (KServe v2; `--host` is the HTTP URL,
-`--grpc` the gRPC address). Users are `FastHttpUser`: the generator shares the two
+(`--model resnet50 --variant int8`). `DetectionUser` posts one generated canvas (held-out
+digits drawn by `offline.detection.canvases` with the held-out seed) as a raw PNG to
+/v1/detect (`--model detector`) and checks each answer's shape (`load_tests.answers`: label,
+class index, score in [0, 1], a box inside the canvas). `TritonHttpUser` and `TritonGrpcUser`
+send one digit as the BYTES input `image` of `<model>_<variant>` (KServe v2; `--host` is the
+HTTP URL, `--grpc` the gRPC address). Users are `FastHttpUser`: the generator shares the two
 cores with the server and must stay cheap. With `--checks-out PATH` the run also writes its
 answer checks (statuses, right and wrong labels, images answered) to PATH as JSON.
 Triton users send 256x256 JPEGs instead of digits when `--model` is a load profile.
@@ -49,7 +53,9 @@ from locust.user.wait_time import constant_pacing
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from load_tests.answers import detection_problem
 from offline.data import load_heldout
+from offline.detection.canvases import HELDOUT_SEED, draw
 from offline.digits import encode_png
 
 # grpcio blocks the whole gevent loop unless told to cooperate: one gRPC user at a time.
@@ -371,6 +377,40 @@ class PhotoUser(_ClassifyUser):
                 return
             if not body.get("predictions"):
                 response.failure("no label in the answer")
+                return
+            CHECKS.images += 1
+
+
+CANVAS_SIZE = (96, 96)  # height, width: the digit detector's own canvases (offline.detection)
+
+
+def _canvases(count: int = 32) -> list[bytes]:
+    """Generated canvases of held-out digits, as clients send them (PNG)."""
+    images, labels = load_heldout()
+    return draw(images, labels, count, seed=HELDOUT_SEED, size=CANVAS_SIZE).pngs()
+
+
+class DetectionUser(_ClassifyUser):
+    """One generated canvas per request to /v1/detect, each answer's shape checked."""
+
+    canvases = _canvases()
+
+    @task
+    def detect(self) -> None:
+        url = "/v1/detect" + self.params()
+        with self.client.post(
+            url,
+            data=_body(random.choice(self.canvases)),
+            headers=PNG,
+            catch_response=True,
+            name="detect",
+        ) as response:
+            body = self.check(response)
+            if body is None:
+                return
+            problem = detection_problem(body, CANVAS_SIZE[1], CANVAS_SIZE[0])
+            if problem is not None:
+                response.failure(problem)
                 return
             CHECKS.images += 1
 
