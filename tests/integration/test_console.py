@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import re
 import shutil
@@ -43,16 +42,12 @@ from bench.shifts import inverted
 from lifecycle.registry import CHAMPION, Registry
 from offline.data import load_heldout
 from offline.digits import encode_png
-from runners.preprocessing import PreprocessSpec
-from runners.repository import CARD_JSON, Batching, ModelEntry, TensorSpec, write_model
 from tests.integration.conftest import REPO_ROOT, Server, bentoml_env, start_server, stop_server
-from tests.integration.test_detection_service import LABELS as SQUARE_LABELS
-from tests.integration.test_detection_service import canvas
+from tests.integration.squares import canvas, write_squares
 from tests.integration.test_registry import FAMILY
 from tests.integration.test_retrain import inverted_training_digits, zipped
 from tests.integration.test_review import blends
 from tests.integration.test_rollout import status, three_versions, wait_for
-from tests.models import tiny_detector
 
 TOKEN = "console-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -199,14 +194,10 @@ SQUARES_MAP50 = 0.975  # the card's figure, which the Models page must show as i
 def detector_console(
     tmp_path_factory: pytest.TempPathFactory, browser: Browser
 ) -> Iterator[DetectorConsole]:
-    """A service serving the hand-built square detector (tests.models.tiny_detector, with a
+    """A service serving the hand-built square detector (tests.integration.squares, with a
     card) beside the committed digit classifier."""
     root = tmp_path_factory.mktemp("detector-console")
     repository = root / "repo"
-    spec = PreprocessSpec(
-        height=32, width=32, color_mode="L", resize="letterbox", resample="nearest"
-    )
-    onnx_file = tiny_detector(root / "src" / "model.onnx", size=32, classes=len(SQUARE_LABELS))
     card = {
         "family": "squares",
         "kind": "detector",
@@ -214,21 +205,8 @@ def detector_console(
         "evaluation": {
             "data": "generated canvases", "samples": 4, "objects": 9, "fp32_map50": SQUARES_MAP50,
         },
-        "files": {"fp32_bytes": onnx_file.stat().st_size},
     }  # fmt: skip
-    write_model(
-        ModelEntry(
-            name="squares_fp32", family="squares", variant="fp32", version=1,
-            directory=repository / "squares_fp32", task="detection",
-            task_parameters={"score_threshold": "0.5", "iou_threshold": "0.45"},
-            inputs=(TensorSpec(name="images", dims=spec.sample_shape),),
-            outputs=(TensorSpec(name="output0", dims=(4 + len(SQUARE_LABELS), 16)),),
-            labels=SQUARE_LABELS, preprocess=spec,
-            batching=Batching(max_batch_size=16, max_queue_delay_us=2000),
-        ),
-        onnx_file,
-        {CARD_JSON: json.dumps(card)},
-    )  # fmt: skip
+    write_squares(repository, root, card)
     shutil.copytree(REPO_ROOT / "model_repository" / "digits_fp32", repository / "digits_fp32")
     home, env = bentoml_env(
         root,
