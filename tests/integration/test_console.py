@@ -684,7 +684,8 @@ def test_a_canvas_uploaded_for_a_detector_has_its_boxes_drawn_where_the_api_says
 def test_the_models_page_shows_a_detectors_map50(detector_console: DetectorConsole) -> None:
     context = detector_console.browser.new_context(viewport={"width": 1280, "height": 900})
     try:
-        page = watch(context).page
+        watched = watch(context)
+        page = watched.page
         page.goto(f"{detector_console.server.url}/console/models")
         squares = page.locator("section[data-model=squares]")
         expect(squares.locator("td.quality")).to_have_text(f"{100 * SQUARES_MAP50:.1f} %")
@@ -693,5 +694,6 @@ def test_the_models_page_shows_a_detectors_map50(detector_console: DetectorConso
         assert "9 objects" in squares.locator("dl.facts").inner_text()
         digits = page.locator("section[data-model=digits] td.quality")
         assert digits.get_attribute("data-measure") == "top1"
+        assert watched.clear() == []
     finally:
         context.close()
