@@ -1,24 +1,24 @@
-"""Locust users for the classify and detect endpoints: held-out digits, digit batches, 256x256
-photos, generated canvases.
+"""Locust users for the classify and detect endpoints: digits, batches, photos, canvases.
 
-    .venv/bin/locust -f load_tests/locustfile.py --headless -u 32 -r 32 -t 20s \
+    .venv/bin/locust -f load_tests/locustfile.py --headless -u 32 -r 32 -t 20s \\
         --host http://127.0.0.1:3000 --csv results/load DigitUser
 
 `DigitUser` posts one held-out digit as a raw PNG to /v1/classify and checks that the answer
 is a 200 carrying a label (and counts whether it is the digit's true label); `UploadUser`
-posts it as a multipart `image` upload (the one input form that the service, BentoML's
-trivial endpoint and the plain baseline all take);
-`DigitBatchUser` posts `--images-per-request` digits as multipart `images` to
-/v1/classify/batch; `PhotoUser` posts 256x256 RGB JPEGs to a load-profile model
-(`--model resnet50 --variant int8`). `DetectionUser` posts one generated canvas (held-out
-digits drawn by `offline.detection.canvases` with the held-out seed) as a raw PNG to
-/v1/detect (`--model detector`) and checks each answer's shape (`load_tests.answers`: label,
-class index, score in [0, 1], a box inside the canvas). `TritonHttpUser` and `TritonGrpcUser`
+posts it as a multipart `image` upload (the one input form that the service, BentoML's trivial
+endpoint and the plain baseline all take); `DigitBatchUser` posts `--images-per-request`
+digits as multipart `images` to /v1/classify/batch; `PhotoUser` posts 256x256 RGB JPEGs to a
+load-profile model (`--model resnet50 --variant int8`). `TritonHttpUser` and `TritonGrpcUser`
 send one digit as the BYTES input `image` of `<model>_<variant>` (KServe v2; `--host` is the
 HTTP URL, `--grpc` the gRPC address). Users are `FastHttpUser`: the generator shares the two
 cores with the server and must stay cheap. With `--checks-out PATH` the run also writes its
-answer checks (statuses, right and wrong labels, images answered) to PATH as JSON.
-Triton users send 256x256 JPEGs instead of digits when `--model` is a load profile.
+answer checks (statuses, right and wrong labels, images answered) to PATH as JSON. Triton
+users send 256x256 JPEGs instead of digits when `--model` is a load profile.
+
+`DetectionUser` posts one generated canvas (held-out digits drawn by
+`offline.detection.canvases` with the held-out seed) as a raw PNG to /v1/detect (`--model
+detector`) and checks each answer's shape (`load_tests.answers`: label, class index, score in
+[0, 1], a box inside the canvas).
 
 Load shapes (`--shape`): `users` (the default: `-u` users at once, for `-t`); `step`
 (`--step-users 1,2,4,8 --step-s 10`: one step per user count, each measured after
@@ -26,9 +26,9 @@ Load shapes (`--shape`): `users` (the default: `-u` users at once, for `-t`); `s
 `rate` (a constant arrival rate: the `-u` users are paced to `--rate` requests/s together;
 with `--steps-out` it is also measured per window of `--step-s`, as steps are):
 
-    .venv/bin/locust -f load_tests/locustfile.py --headless --host http://127.0.0.1:3000 \
+    .venv/bin/locust -f load_tests/locustfile.py --headless --host http://127.0.0.1:3000 \\
         --shape step --step-users 1,2,4,8,16 --step-s 10 --steps-out steps.json DigitUser
-    .venv/bin/locust -f load_tests/locustfile.py --headless --host http://127.0.0.1:3000 \
+    .venv/bin/locust -f load_tests/locustfile.py --headless --host http://127.0.0.1:3000 \\
         --shape rate --rate 200 -u 16 -t 30s DigitUser
 """
 
