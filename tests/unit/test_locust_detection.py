@@ -124,7 +124,8 @@ def serve() -> Iterator[Callable[[Canned], str]]:
 def run_locust(host: str, out: Path) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable, "-m", "locust", "-f", "load_tests/locustfile.py", "--headless",
-        "-u", "1", "-r", "1", "-t", "3s", "--host", host, "--only-summary",
+        "-u", "1", "-r", "1", "-t", "3s", "--shape", "rate", "--rate", "20", "--host", host,
+        "--only-summary",
         "--checks-out", str(out), "--model", "detector", "DetectionUser",
     ]  # fmt: skip
     return subprocess.run(
@@ -140,8 +141,11 @@ def test_detection_user_posts_canvases_and_passes_well_formed_answers(
     done = run_locust(serve(canned), tmp_path / "checks.json")
     assert done.returncode == 0, done.stdout + done.stderr
     checks = json.loads((tmp_path / "checks.json").read_text())
-    assert checks["statuses"] == {"200": len(canned.requests)} and canned.requests
-    assert checks["images_answered"] == len(canned.requests)
+    # One user: at most one request in flight when the run stops, received but not counted.
+    sent = len(canned.requests)
+    assert sent >= 1 and set(checks["statuses"]) == {"200"}
+    assert sent - 1 <= checks["statuses"]["200"] <= sent
+    assert checks["images_answered"] == checks["statuses"]["200"]
     for line, headers, body in canned.requests:
         assert line == "POST /v1/detect?model=detector HTTP/1.1"
         assert headers["content-type"] == "image/png"
