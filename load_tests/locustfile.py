@@ -1,4 +1,4 @@
-"""Locust users for the classify and detect endpoints: digits, batches, photos, canvases.
+"""Locust users for the classify and detect endpoints (`DetectionUser`: generated canvases).
 
     .venv/bin/locust -f load_tests/locustfile.py --headless -u 32 -r 32 -t 20s \\
         --host http://127.0.0.1:3000 --csv results/load DigitUser
@@ -14,11 +14,6 @@ HTTP URL, `--grpc` the gRPC address). Users are `FastHttpUser`: the generator sh
 cores with the server and must stay cheap. With `--checks-out PATH` the run also writes its
 answer checks (statuses, right and wrong labels, images answered) to PATH as JSON. Triton
 users send 256x256 JPEGs instead of digits when `--model` is a load profile.
-
-`DetectionUser` posts one generated canvas (held-out digits drawn by
-`offline.detection.canvases` with the held-out seed) as a raw PNG to /v1/detect (`--model
-detector`) and checks each answer's shape (`load_tests.answers`: label, class index, score in
-[0, 1], a box inside the canvas).
 
 Load shapes (`--shape`): `users` (the default: `-u` users at once, for `-t`); `step`
 (`--step-users 1,2,4,8 --step-s 10`: one step per user count, each measured after
@@ -391,7 +386,10 @@ def _canvases(count: int = 32) -> list[bytes]:
 
 
 class DetectionUser(_ClassifyUser):
-    """One generated canvas per request to /v1/detect, each answer's shape checked."""
+    """One generated canvas per request to /v1/detect (`--model detector`), as a raw PNG:
+    held-out digits drawn by `offline.detection.canvases` with the held-out seed, so no
+    canvas is one the detector trained on. Each answer's shape is checked
+    (`load_tests.answers`: label, class index, score in [0, 1], a box inside the canvas)."""
 
     canvases = _canvases()
 
