@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 
-.PHONY: system-deps kubectl setup setup-train models profiles serve serve-triton test lint bench-raw bench-serve bench-rollout bench-predictionlog bench-drift bench-overload bench-integrity docs compare observe dashboards fuzz soak clean
+.PHONY: system-deps kubectl setup setup-train models profiles detector serve serve-triton test lint bench-raw bench-serve bench-rollout bench-predictionlog bench-drift bench-overload bench-integrity docs compare observe dashboards fuzz soak clean
 
 # Serving, offline build and test tools; no torch (training is the train extra).
 $(VENV)/.setup: pyproject.toml
@@ -28,6 +28,10 @@ models: setup
 ## profiles: also build the MobileNetV2- and ResNet-50-class load profiles (minutes)
 profiles: setup
 	$(PY) -m offline --repository $(REPO) models --profiles
+
+## detector: train the digit detector (CPU, minutes) and publish it FP32, INT8 (and BF16) by mAP
+detector: setup-train
+	nice -n 19 $(PY) -m offline --repository $(REPO) detector --retrain
 
 ## serve: set up, build the default model repository if missing, then serve it (BentoML)
 PORT ?= 3000

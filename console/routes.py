@@ -1,9 +1,9 @@
 """The web console's routes: its pages, the login that issues the session, its static files.
 
 The pages are server-rendered shells (Jinja2); the browser fills them from the service's own
-public and admin APIs (`/metrics`, `/v1/models`, `/v1/classify`, `/admin/...`) with the
-session cookie and its CSRF token (`serving.session`), so the console can do nothing a client
-of those APIs cannot. Every console answer carries the security headers below: no inline
+public and admin APIs (`/metrics`, `/v1/models`, `/v1/classify`, `/v1/detect`, `/admin/...`)
+with the session cookie and its CSRF token (`serving.session`), so the console can do nothing
+a client of those APIs cannot. Every console answer carries the security headers below: no inline
 script or style is ever needed, so the CSP allows scripts and styles from this origin only.
 """
 

@@ -328,8 +328,9 @@ def _metrics(card: dict[str, Any]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     evaluation = card.get("evaluation") or {}
     for variant in ("fp32", "bf16", "int8"):
-        if evaluation.get(f"{variant}_top1") is not None:
-            metrics[f"top1.{variant}"] = float(evaluation[f"{variant}_top1"])
+        for measure in ("top1", "map50"):  # a classifier's, a detector's
+            if evaluation.get(f"{variant}_{measure}") is not None:
+                metrics[f"{measure}.{variant}"] = float(evaluation[f"{variant}_{measure}"])
         if evaluation.get(f"{variant}_fp32_agreement") is not None:
             metrics[f"agreement_with_fp32.{variant}"] = float(
                 evaluation[f"{variant}_fp32_agreement"]

@@ -318,21 +318,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_missing(repository: Path, models: tuple[str, ...]) -> None:
-    """Build the load profiles only when the chosen models need them and the repository
-    lacks them (minutes): a digits-only subset never waits for them."""
+    """Build the load profiles and the detector only when the chosen models need them and the
+    repository lacks them (minutes): a digits-only subset never waits for them."""
     families = Repository(repository).families()
     missing = [m for m in models if m not in families]
     if not missing:
         return
     if "digits" in missing:
         raise SystemExit(f"digits not in {repository}: run `make models`")
-    log.info("building the load profiles for %s (minutes)", ", ".join(missing))
-    command = [sys.executable, "-m", "offline", "--repository", str(repository), "models",
-               "--profiles"]  # fmt: skip
-    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    offline = [sys.executable, "-m", "offline", "--repository", str(repository)]
+    profiles = [m for m in missing if m not in matrix.DETECTORS]
+    if profiles:
+        log.info("building the load profiles for %s (minutes)", ", ".join(profiles))
+        subprocess.run([*offline, "models", "--profiles"], check=True, cwd=REPO_ROOT)
+    if any(m in matrix.DETECTORS for m in missing):
+        log.info("building the digit detector (training: minutes)")
+        subprocess.run([*offline, "detector"], check=True, cwd=REPO_ROOT)
     still = [m for m in models if m not in Repository(repository).families()]
     if still:
-        raise SystemExit(f"{', '.join(still)} not in {repository} after `make profiles`")
+        raise SystemExit(f"{', '.join(still)} not in {repository} after building them")
 
 
 def chosen_cells(args: argparse.Namespace) -> list[matrix.Cell]:

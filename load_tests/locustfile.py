@@ -1,4 +1,4 @@
-"""Locust users for the classify endpoints: held-out digits, digit batches, 256x256 photos.
+"""Locust users for the classify and detect endpoints (`DetectionUser`: generated canvases).
 
     .venv/bin/locust -f load_tests/locustfile.py --headless -u 32 -r 32 -t 20s \\
         --host http://127.0.0.1:3000 --csv results/load DigitUser
@@ -48,7 +48,9 @@ from locust.user.wait_time import constant_pacing
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from load_tests.answers import detection_problem
 from offline.data import load_heldout
+from offline.detection.canvases import HELDOUT_SEED, draw
 from offline.digits import encode_png
 
 # grpcio blocks the whole gevent loop unless told to cooperate: one gRPC user at a time.
@@ -370,6 +372,43 @@ class PhotoUser(_ClassifyUser):
                 return
             if not body.get("predictions"):
                 response.failure("no label in the answer")
+                return
+            CHECKS.images += 1
+
+
+CANVAS_SIZE = (96, 96)  # height, width: the digit detector's own canvases (offline.detection)
+
+
+def _canvases(count: int = 32) -> list[bytes]:
+    """Generated canvases of held-out digits, as clients send them (PNG)."""
+    images, labels = load_heldout()
+    return draw(images, labels, count, seed=HELDOUT_SEED, size=CANVAS_SIZE).pngs()
+
+
+class DetectionUser(_ClassifyUser):
+    """One generated canvas per request to /v1/detect (`--model detector`), as a raw PNG:
+    held-out digits drawn by `offline.detection.canvases` with the held-out seed, so no
+    canvas is one the detector trained on. Each answer's shape is checked
+    (`load_tests.answers`: label, class index, score in [0, 1], a box inside the canvas)."""
+
+    canvases = _canvases()
+
+    @task
+    def detect(self) -> None:
+        url = "/v1/detect" + self.params()
+        with self.client.post(
+            url,
+            data=_body(random.choice(self.canvases)),
+            headers=PNG,
+            catch_response=True,
+            name="detect",
+        ) as response:
+            body = self.check(response)
+            if body is None:
+                return
+            problem = detection_problem(body, CANVAS_SIZE[1], CANVAS_SIZE[0])
+            if problem is not None:
+                response.failure(problem)
                 return
             CHECKS.images += 1
 

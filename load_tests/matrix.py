@@ -16,7 +16,10 @@ from typing import Literal
 
 FrontEnd = Literal["bentoml", "triton-http", "triton-grpc", "baseline"]
 FRONT_ENDS: tuple[FrontEnd, ...] = ("bentoml", "triton-http", "triton-grpc", "baseline")
-MODELS = ("digits", "mobilenetv2", "resnet50")
+MODELS = ("digits", "mobilenetv2", "resnet50", "detector")
+# Models answered by /v1/detect (the digit detector, `make detector`): loaded through BentoML
+# only, since the Triton users ask for a label and the baseline classifies.
+DETECTORS = frozenset({"detector"})
 # bf16 joins where a model has a bf16 variant this CPU offers (`compare.chosen_cells`).
 VARIANTS = ("fp32", "bf16", "int8")
 REPLICAS = (1, 2, 3)
@@ -25,13 +28,14 @@ REPLICA_MODES: tuple[ReplicaMode, ...] = ("nginx", "workers")
 
 # The p99 each model must stay under for its capacity: the alert threshold for the digits
 # model (prometheus/rules/alerts.yml), looser for the two heavier load profiles.
-P99_TARGET_MS = {"digits": 50.0, "mobilenetv2": 250.0, "resnet50": 1000.0}
+P99_TARGET_MS = {"digits": 50.0, "mobilenetv2": 250.0, "resnet50": 1000.0, "detector": 250.0}
 # Concurrent users per coarse step of the step load (the heavy profiles saturate 2 cores
 # early); the capacity search then adds finer steps around the knee (`results.refine_users`).
 STEP_USERS = {
     "digits": (2, 8, 32, 64),
     "mobilenetv2": (1, 4, 16),
     "resnet50": (1, 4, 16),
+    "detector": (1, 4, 16),
 }
 
 
@@ -92,6 +96,8 @@ class Cell:
             return "TritonHttpUser"
         if self.front_end == "triton-grpc":
             return "TritonGrpcUser"
+        if self.model in DETECTORS:
+            return "DetectionUser"
         return "DigitUser" if self.model == "digits" else "PhotoUser"
 
 
@@ -104,13 +110,16 @@ def cells(  # noqa: PLR0917 (one argument per axis of the matrix)
     replica_modes: tuple[str, ...] = REPLICA_MODES,
 ) -> list[Cell]:
     """Every cell of the chosen axes that exists: the baseline never batches (it is listed
-    unbatched whatever `batching` says), `workers` is BentoML's own setting, and one replica
-    is the same in both modes (listed as `nginx`)."""
+    unbatched whatever `batching` says), `workers` is BentoML's own setting, one replica
+    is the same in both modes (listed as `nginx`), and a detector is loaded through BentoML
+    only (`DETECTORS`)."""
     found: dict[Cell, None] = {}
     for front, model, variant, batch, count, mode in itertools.product(
         front_ends, models, variants, batching, replicas, replica_modes
     ):
         if mode == "workers" and front != "bentoml" and count > 1:
+            continue
+        if model in DETECTORS and front != "bentoml":
             continue
         cell = Cell(
             front_end=front,  # type: ignore[arg-type]

@@ -29,6 +29,9 @@ SEL = 'model=~"$model", variant=~"$variant", backend=~"$backend", instance=~"$in
 TRITON_SEL = 'model=~"$model", variant=~"$variant", backend=~"$backend"'
 TRITON_BY_NAME = '{model=~"($model)_($variant)"}'
 RATE = "$__rate_interval"
+# The detections-per-image bucket of images with no box: prometheus_client writes the bound
+# 0 as "0.0", Prometheus 3 normalises it to "0".
+EMPTY_LE = "0|0.0"
 
 
 def _query(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
@@ -252,6 +255,43 @@ def serving_overview() -> dashboard.Dashboard:
             "Predictions by class", "reqps",
             [(f"sum by (label) (rate(imgserve_predictions_total{{{SEL}}}[{RATE}]))", "{{label}}")],
             "Top-1 predictions per second by class: a shift here is drift.",
+        ))
+        .with_row(dashboard.Row("Detection"))
+        .with_panel(_timeseries(
+            "Detections per image", "short",
+            [(f"sum by ({by}) (rate(imgserve_detections_per_image_sum{{{SEL}}}[{RATE}])) / "
+              f"sum by ({by}) (rate(imgserve_detections_per_image_count{{{SEL}}}[{RATE}]))",
+              "mean {{model}} {{variant}}"),
+             (_quantile(0.9, "imgserve_detections_per_image", by), "p90 {{model}} {{variant}}")],
+            "Boxes a detector answers per image (after its score threshold and NMS): a "
+            "change with the same clients is a change in what the images hold, or drift.",
+        ))
+        .with_panel(_timeseries(
+            "Images with no detection", "percentunit",
+            [(f"sum by ({by}) (rate(imgserve_detections_per_image_bucket{{{SEL}, "
+              f'le=~"{EMPTY_LE}"}}[{RATE}])) / '
+              f"sum by ({by}) (rate(imgserve_detections_per_image_count{{{SEL}}}[{RATE}]))",
+              "{{model}} {{variant}}")],
+            "Share of a detector's images answered with no box at all.",
+        ))
+        .with_panel(
+            heatmap.Panel()
+            .title("Detection score distribution")
+            .description("Scores of every answered box (at or above the model's score "
+                         "threshold): a detector growing unsure shifts this down.")
+            .datasource(DATASOURCE)
+            .height(8)
+            .span(12)
+            .with_target(_query(
+                f"sum by (le) (rate(imgserve_detection_scores_bucket{{{SEL}}}[{RATE}]))",
+                "{{le}}", "A",
+            ).format(PromQueryFormat.HEATMAP))
+        )
+        .with_panel(_timeseries(
+            "Median detection score by label", "percentunit",
+            [(_quantile(0.5, "imgserve_detection_scores", "model, label"),
+              "{{model}} {{label}}")],
+            "Each label's median box score: one label falling alone is that class drifting.",
         ))
         .with_row(dashboard.Row("Drift"))
         .with_panel(_timeseries(

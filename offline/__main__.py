@@ -2,8 +2,10 @@
 
 python -m offline models [--profiles]    build whatever the repository is missing
 python -m offline digits [--retrain]     build a new version of the default digits model
+python -m offline detector [--retrain]   build a new version of the digit detector
 python -m offline profile NAME|all       build a load-profile model
-python -m offline import ...             bring your own ONNX image classifier
+python -m offline import ...             bring your own ONNX image classifier or detector
+                                         (--task detection)
 python -m offline versions NAME          the registry's versions of a model and its aliases
 python -m offline promote NAME VERSION   serve a registry version: repository, then champion
 python -m offline rollout NAME start VERSION [--canary S] [--shadow S] [--hold]
@@ -108,6 +110,24 @@ def _digits(args: argparse.Namespace) -> None:
     _report(published.version.number, digits.FAMILY, published.promoted)
 
 
+def _detector(args: argparse.Namespace) -> None:
+    from offline.detection import build as detector
+
+    served = args.repository / f"{detector.FAMILY}_fp32"
+    source = None
+    if not args.retrain and served.is_dir():
+        source = family_entries(args.repository, detector.FAMILY)["fp32"].onnx_path
+    how = f"trained ({args.steps} steps)" if source is None else "rebuilt from the served FP32 file"
+    published = publish_built(
+        Registry(),
+        args.repository,
+        detector.FAMILY,
+        lambda staging: detector.build(staging, source, steps=args.steps),
+        how,
+    )
+    _report(published.version.number, detector.FAMILY, published.promoted)
+
+
 def _profile(args: argparse.Namespace) -> None:
     from offline import profiles
 
@@ -200,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     digits.add_argument("--retrain", action="store_true", help="train anew (needs torch)")
     digits.add_argument("--epochs", type=int, default=30)
     digits.set_defaults(handler=_digits)
+    detector = commands.add_parser("detector", help="publish the digit detector")
+    detector.add_argument("--retrain", action="store_true", help="train anew (needs torch)")
+    detector.add_argument("--steps", type=int, default=2400, help="training steps of 32")
+    detector.set_defaults(handler=_detector)
     profile = commands.add_parser("profile", help="build a load-profile model")
     profile.add_argument("name", choices=["mobilenet_v2", "resnet50", "all"])
     profile.add_argument("--measure-duration-s", type=float, default=1.0)

@@ -544,6 +544,19 @@ def _resized_size(width: int, height: int, spec: PreprocessSpec) -> tuple[int, i
     return spec.width, spec.height
 
 
+def placement(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """Where an image of `width` x `height` lies in its sample after a letterbox or fit_height
+    resize: (top, left, resized height, resized width), as `_resize` places it. A detector
+    maps its boxes back to the image's own pixels with it."""
+    if spec.resize not in ("letterbox", "fit_height"):
+        raise ValueError(f"a {spec.resize} resize places no image inside padding")
+    resized_w, resized_h = _resized_size(width, height, spec)
+    left, top = (0, 0)
+    if spec.pad_anchor == "center":
+        left, top = (spec.width - resized_w) // 2, (spec.height - resized_h) // 2
+    return top, left, resized_h, resized_w
+
+
 def _resize(image: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Box]:
     """Resize, then crop or pad to the input size: HxWxC uint8 pixels and the image's box."""
     size = _resized_size(*image.size, spec)

@@ -52,6 +52,8 @@ CARD_MD = "model_card.md"
 # The drift reference of the version a directory serves (monitoring.drift).
 DRIFT_REFERENCE = "drift_reference.json"
 REGISTRY_STAMP = "registry.json"
+# The prefix of a task's own config parameters (`ModelEntry.task_parameters`).
+TASK_PARAMETER = "project.task."
 
 # The official Triton container's backend for each precision, and what it is told: ONNX Runtime
 # runs FP32 and QDQ INT8 as stated; BF16 needs OpenVINO and its hint.
@@ -141,6 +143,11 @@ class ModelEntry(BaseModel):
     version: int = Field(ge=1)
     directory: Path
     task: str = Field(default="classification", description="The kind of model (runners.tasks).")
+    task_parameters: dict[str, str] = Field(
+        default_factory=dict,
+        description="The task's own settings by name (config parameters `project.task.NAME`), "
+        "e.g. a detector's score and IoU thresholds; the task reads and checks them.",
+    )
     inputs: tuple[TensorSpec, ...] = Field(min_length=1)
     outputs: tuple[TensorSpec, ...] = Field(min_length=1)
     labels: tuple[str, ...]
@@ -317,6 +324,11 @@ def read_model(directory: Path, name: str | None = None, version: int | None = N
             version=version,
             directory=directory,
             task=_param(config, "project.task", "classification", source),
+            task_parameters={
+                key.removeprefix(TASK_PARAMETER): str(value.string_value)
+                for key, value in config.parameters.items()
+                if key.startswith(TASK_PARAMETER)
+            },
             inputs=tuple(_tensor(t, config.max_batch_size, source) for t in config.input),
             outputs=tuple(_tensor(t, config.max_batch_size, source) for t in config.output),
             labels=labels,
@@ -397,6 +409,7 @@ def render_config(entry: ModelEntry) -> str:
         "project.load_profile": "true" if entry.load_profile else "false",
         "project.preprocess": entry.preprocess.model_dump_json(),
     }
+    params.update({TASK_PARAMETER + key: value for key, value in entry.task_parameters.items()})
     params["project.champion"] = str(entry.version)
     if entry.rollout is not None:
         params["project.challenger"] = str(entry.rollout.challenger)

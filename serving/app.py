@@ -24,14 +24,22 @@ from starlette.routing import Match
 
 from console.routes import console_router
 from runners.errors import BadInput, DeadlineExceeded, NotFound, ServingError
-from runners.tasks import ROUTES, AnswerOptions
+from runners.tasks import ROUTES, TASKS, AnswerOptions, Task
 from serving.admin import admin_router
 from serving.bodies import body_left_unread, read_images
 from serving.drift import drift_router
 from serving.fastpath import FastPath
 from serving.gateway import Gateway, VersionFailed
 from serving.metrics import UNKNOWN, render_latest
-from serving.openapi import BATCH_EXAMPLE, CLASSIFY_EXAMPLE, batch_body, classify_body, responses
+from serving.openapi import (
+    BATCH_EXAMPLE,
+    CLASSIFY_EXAMPLE,
+    DETECT_BATCH_EXAMPLE,
+    DETECT_EXAMPLE,
+    batch_body,
+    classify_body,
+    responses,
+)
 from serving.query import check_query
 from serving.settings import ServingSettings
 
@@ -65,6 +73,8 @@ VersionQuery = Annotated[
     ),
 ]
 QUERY_PARAMETERS = frozenset({"model", "variant", "top_k", "version"})
+# The documented answer of each task's routes besides classification's: one image, a batch.
+TASK_EXAMPLES = {"detection": (DETECT_EXAMPLE, DETECT_BATCH_EXAMPLE)}
 
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -270,6 +280,52 @@ def create_app(settings: ServingSettings) -> FastAPI:
             request, "classify_batch", model=model, variant=variant, top_k=top_k, many=True,
             version=version,
         )  # fmt: skip
+
+    def task_routes(task: Task) -> None:
+        """A task's routes besides the classifier's (whose own above document top_k): one
+        image, and several in one request, with the same body forms and errors."""
+
+        async def one(
+            request: Request,
+            model: ModelQuery = None,
+            variant: VariantQuery = None,
+            version: VersionQuery = None,
+        ) -> Response:
+            return await answer(
+                request, task.endpoint, model=model, variant=variant, top_k=None, many=False,
+                version=version,
+            )  # fmt: skip
+
+        async def many(
+            request: Request,
+            model: ModelQuery = None,
+            variant: VariantQuery = None,
+            version: VersionQuery = None,
+        ) -> Response:
+            return await answer(
+                request, f"{task.endpoint}_batch", model=model, variant=variant, top_k=None,
+                many=True, version=version,
+            )  # fmt: skip
+
+        example, batch_example = TASK_EXAMPLES[task.name]
+        app.add_api_route(
+            task.route, one, methods=["POST"], summary=f"{task.name.capitalize()}: one image",
+            responses=responses(example, f"The {task.answer_key} of the image."),
+            openapi_extra=classify_body(), response_model=None,
+        )  # fmt: skip
+        app.add_api_route(
+            f"{task.route}/batch", many, methods=["POST"],
+            summary=f"{task.name.capitalize()}: several images in one request",
+            description=f"Up to {settings.max_images_per_request} images "
+            "(max_images_per_request); results in input order. A bad image is answered in "
+            "its own slot with its status and error.",
+            responses=responses(batch_example, "One result per image, in input order."),
+            openapi_extra=batch_body(settings.max_images_per_request), response_model=None,
+        )  # fmt: skip
+
+    for task in TASKS.values():
+        if task.route != "/v1/classify":
+            task_routes(task)
 
     @app.get(
         "/v1/models",

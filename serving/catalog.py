@@ -152,6 +152,7 @@ def _variant(served: Served, card: dict[str, Any]) -> dict[str, Any]:
         "precision": entry.precision,
         "runs_in": DESCRIPTIONS[entry.precision],
         "top1": figures.get(f"{entry.variant}_top1"),
+        "map50": figures.get(f"{entry.variant}_map50"),  # a detector's
         "bytes": (card.get("files") or {}).get(f"{entry.variant}_bytes"),
         "max_batch_size": entry.batching.max_batch_size,
         "performance": [

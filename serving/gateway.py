@@ -91,7 +91,8 @@ class Gateway:
                 split=_splitter(served),
             )
             # Zero-valued series from the start, so rate() works on the first request.
-            for endpoint in ("classify", "classify_batch"):
+            task = served.task
+            for endpoint in (task.endpoint, f"{task.endpoint}_batch"):
                 for outcome, reason in INITIAL_OUTCOMES:
                     self.metrics.requests.labels(
                         **served.labels, endpoint=endpoint, outcome=outcome, reason=reason

@@ -19,6 +19,7 @@ from typing import Any
 from lifecycle.metrics import LATENCY_BUCKETS_MS, VersionMetrics
 from runners.errors import ServingError
 from runners.tasks import ROUTES as TASK_ROUTES
+from runners.tasks.detection import COUNT_BUCKETS, SCORE_BUCKETS
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 ENDPOINTS = tuple(endpoint for _, endpoint, _ in TASK_ROUTES.values())
@@ -35,6 +36,8 @@ class Metrics:
     batch_size: Any
     requests: Any
     predictions: Any
+    detections: Any
+    detection_scores: Any
     in_flight: Any
     admission_limit: Any
     versions: VersionMetrics
@@ -122,6 +125,17 @@ def metrics() -> Metrics:
             "imgserve_predictions",
             "Top-1 predictions by class: the input to drift monitoring.",
             (*VARIANT_LABELS, "label"),
+        ),
+        detections=histogram(
+            "imgserve_detections_per_image",
+            "Boxes a detector answered per image.",
+            COUNT_BUCKETS,
+        ),
+        detection_scores=histogram(
+            "imgserve_detection_scores",
+            "Scores of a detector's answered boxes, by label.",
+            SCORE_BUCKETS,
+            ("label",),
         ),
         # Summed over live worker processes: the autoscaling signal per replica.
         in_flight=Gauge(

@@ -22,6 +22,14 @@ _ANSWERED_BY = {
     "model_version": 1,
 }
 CLASSIFY_EXAMPLE = {**_ANSWERED_BY, "predictions": _PREDICTIONS}
+DETECT_EXAMPLE = {
+    **_ANSWERED_BY,
+    "detections": [{"label": "7", "index": 7, "score": 0.93, "box": [12.0, 30.5, 40.0, 66.0]}],
+}
+DETECT_BATCH_EXAMPLE = {
+    **_ANSWERED_BY,
+    "results": [{"index": 0, "status": 200, "detections": DETECT_EXAMPLE["detections"]}],
+}
 BATCH_EXAMPLE = {
     **_ANSWERED_BY,
     "results": [

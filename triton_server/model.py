@@ -177,7 +177,13 @@ class Replica:
         task = get_task(entry.task)
         try:
             routed = self.versions.run(concat(parts))
-            answer = task.triton_answer(entry, routed.outputs)
+            # What each row's image was (None: sent as a tensor), for answers in its pixels.
+            metas = [
+                meta
+                for part, (_, stats, _) in zip(parts, seen, strict=True)
+                for meta in (stats or [None] * batch_size(part))
+            ]
+            answer = task.triton_answer(entry, routed.outputs, metas)
             (answer,) = task.split(answer, [rows], entry.name)  # one row per input row
             seconds = time.perf_counter() - started
             if self.on_batch is not None:

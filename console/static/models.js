@@ -1,4 +1,5 @@
-// Models: every model and variant with its card from /v1/models, raw throughput per batch
+// Models: every model and variant with its card from /v1/models (a classifier's top-1, a
+// detector's mAP@0.5), raw throughput per batch
 // size as a plot, the registry's champion and challenger from /admin/rollouts, and every
 // registered version from /admin/versions.
 "use strict";
@@ -45,6 +46,9 @@
       const versions = registered.ok ? registered.data.versions : [];
       const e = m.evaluation || {};
       const f = m.figures || {};
+      // A detector's quality is its mAP@0.5 (boxes and labels), a classifier's its top-1.
+      const detector = m.task === "detection";
+      const quality = detector ? ["mAP@0.5", "map50"] : ["Top-1", "top1"];
       const plot = C.el("div", { class: "plot", id: `throughput-${m.model}` });
       const section = C.el("section", { class: "card model", "data-model": m.model },
         C.el("h2", {}, m.model),
@@ -53,8 +57,12 @@
           fact("Task", m.task),
           fact("Labels", `${m.labels.length} (${m.labels.slice(0, 12).join(", ")}${m.labels.length > 12 ? ", …" : ""})`),
           fact("Input", `${m.input.shape.join("×")} ${m.input.color_mode}`),
-          fact("Evaluated on", e.samples ? `${e.samples} images: ${e.data}` : "–"),
-          fact("INT8–FP32 agreement", C.percent(e.int8_fp32_agreement)),
+          detector
+            ? fact("Evaluated on", e.samples ? `${e.samples} images, ${e.objects ?? "?"} objects: ${e.data}` : "–")
+            : fact("Evaluated on", e.samples ? `${e.samples} images: ${e.data}` : "–"),
+          detector
+            ? fact("FP32 mAP@0.5", C.percent(e.fp32_map50))
+            : fact("INT8–FP32 agreement", C.percent(e.int8_fp32_agreement)),
           fact("Measured on", f.measured_on),
           fact("Serving on", f.serving_on),
           fact("Champion (registry)", m.registry ? `v${m.registry.version ?? "?"}` : `v${m.variants[0]?.version ?? "?"} (repository)`),
@@ -62,10 +70,10 @@
         ),
         f.note ? C.el("p", { class: "notice" }, f.note) : null,
         C.el("div", { class: "table-wrap" }, C.el("table", {},
-          C.el("thead", {}, C.el("tr", {}, ["Variant", "Version", "Backend", "Precision", "Top-1", "Size", "Max batch", "Runs in"].map((h) => C.el("th", { scope: "col" }, h)))),
+          C.el("thead", {}, C.el("tr", {}, ["Variant", "Version", "Backend", "Precision", quality[0], "Size", "Max batch", "Runs in"].map((h) => C.el("th", { scope: "col" }, h)))),
           C.el("tbody", {}, m.variants.map((v) => C.el("tr", {},
             C.el("td", {}, v.variant), C.el("td", { class: "num" }, `v${v.version}`), C.el("td", {}, v.backend),
-            C.el("td", {}, v.precision), C.el("td", { class: "num" }, C.percent(v.top1)),
+            C.el("td", {}, v.precision), C.el("td", { class: "num quality", "data-measure": quality[1] }, C.percent(v[quality[1]])),
             C.el("td", { class: "num" }, C.megabytes(v.bytes)), C.el("td", { class: "num" }, v.max_batch_size),
             C.el("td", { class: "wrap" }, v.runs_in)))),
         )),

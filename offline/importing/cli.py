@@ -11,6 +11,7 @@ batch 1 is made dynamic when that provably gives the same rows, else served unba
 With --reference, the served FP32 file must agree with the model's original pipeline on
 the reference images (--min-parity). Then `offline.publish` quantizes, gates, measures and
 writes both variants. Every failure ends in one line; --debug adds the traceback.
+`--task detection` imports a YOLOv8-style detector instead (`offline.importing.detection`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from offline.detection.publish import MAX_DROP_POINTS
 from offline.gate import GateThresholds
 from offline.importing.parity import DEFAULT_MIN_PARITY
 from offline.importing.pipeline import DEFAULT_BATCHING, DEFAULT_REPOSITORY, import_model
@@ -30,6 +32,7 @@ from offline.importing.spec import SPEC_FLAGS, load_spec_fields
 from offline.quantize import QUANTIZERS, failure_reason
 from runners.errors import ModelImportError, ServingError
 from runners.repository import Batching
+from runners.tasks.detection import DetectionParameters
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,13 @@ def _words(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `import` subcommand's arguments (also used by this module's own `main`)."""
     parser.add_argument("model", type=Path, help="the ONNX image classifier to import")
+    parser.add_argument(
+        "--task",
+        choices=["classification", "detection"],
+        default="classification",
+        help="detection: a YOLOv8/YOLO11-style [batch, 4 + classes, anchors] export "
+        "(offline.importing.detection)",
+    )
     parser.add_argument("--name", required=True, help="family name: lowercase [a-z0-9_]+")
     parser.add_argument("--labels", type=Path, required=True, help="labels file, one per line")
     parser.add_argument("--calibration", type=Path, required=True, help="folder of images")
@@ -131,7 +141,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated (default {','.join(QUANTIZERS)})",
     )
     thresholds = GateThresholds()
-    build.add_argument("--max-drop-points", type=float, default=thresholds.max_drop_points)
+    build.add_argument(
+        "--max-drop-points",
+        type=float,
+        default=None,
+        help=f"top-1 (classification, default {thresholds.max_drop_points}) or mAP@0.5 "
+        f"(detection, default {MAX_DROP_POINTS}) drop allowed, in points",
+    )
     build.add_argument("--min-agreement", type=float, default=thresholds.min_agreement)
     build.add_argument(
         "--opset",
@@ -154,6 +170,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MIN_PARITY,
         help=f"top-1 agreement required with --reference (default {DEFAULT_MIN_PARITY})",
     )
+    detection = parser.add_argument_group("detection (--task detection)")
+    defaults = DetectionParameters()
+    detection.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
+    detection.add_argument("--iou-threshold", type=float, default=defaults.iou_threshold)
+    detection.add_argument("--max-detections", type=int, default=defaults.max_detections)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     build.add_argument("--measure-batch-sizes", type=_ints, default=(1, 8, 32))
     build.add_argument("--measure-duration-s", type=float, default=1.0)
@@ -163,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     """Import from parsed arguments; returns 0. Refusals raise ServingError subclasses
     (ModelImportError, AccuracyGateFailed) for the caller's one error handler."""
     overrides = {field: getattr(args, field) for field in SPEC_FLAGS}
+    if args.task == "detection":
+        return _run_detection(args, overrides)
     try:
         batching = Batching(
             max_batch_size=args.max_batch_size,
@@ -171,7 +194,10 @@ def run(args: argparse.Namespace) -> int:
             max_queue_size=args.max_queue_size,
         )
         thresholds = GateThresholds(
-            max_drop_points=args.max_drop_points, min_agreement=args.min_agreement
+            max_drop_points=GateThresholds().max_drop_points
+            if args.max_drop_points is None
+            else args.max_drop_points,
+            min_agreement=args.min_agreement,
         )
     except ValidationError as exc:
         raise ModelImportError(f"invalid batching or gate settings: {exc}") from exc
@@ -202,6 +228,45 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s_int8: %s", card.family, card.files.int8_size_note)
     for failure in card.built.failed:
         log.warning("%s: quantizer %s failed: %s", card.family, failure.method, failure.reason)
+    return 0
+
+
+def _run_detection(args: argparse.Namespace, overrides: dict[str, object]) -> int:
+    """`--task detection`: a YOLOv8-style detector through `offline.importing.detection`."""
+    from offline.importing.detection import import_detector
+
+    try:
+        batching = Batching(
+            max_batch_size=args.max_batch_size,
+            preferred_batch_sizes=args.preferred_batch_sizes,
+            max_queue_delay_us=args.max_queue_delay_us,
+            max_queue_size=args.max_queue_size,
+        )
+        parameters = DetectionParameters(
+            score_threshold=args.score_threshold,
+            iou_threshold=args.iou_threshold,
+            max_detections=args.max_detections,
+        )
+    except ValidationError as exc:
+        raise ModelImportError(f"invalid batching or detection settings: {exc}") from exc
+    card = import_detector(
+        args.model,
+        args.name,
+        labels=args.labels,
+        calibration=args.calibration,
+        spec_fields=load_spec_fields(args.spec, overrides),
+        spec_source=f"{args.spec} and flags" if args.spec else "preprocessing flags",
+        repository=getattr(args, "repository", DEFAULT_REPOSITORY),
+        batching=batching,
+        parameters=parameters,
+        validation=args.validation,
+        quantizers=args.quantizers,
+        max_drop_points=MAX_DROP_POINTS if args.max_drop_points is None else args.max_drop_points,
+        measure_duration_s=args.measure_duration_s,
+        summary=args.summary,
+    )
+    verdict = card.gate.explain() if card.gate else "no INT8"
+    log.info("published %s_fp32 and %s_int8: %s", card.family, card.family, verdict)
     return 0
 
 

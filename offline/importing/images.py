@@ -43,7 +43,7 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path) -> list[Path]:
     """Every visible file under a folder, in sorted relative-path order (deterministic)."""
     return sorted(
         (p for p in folder.rglob("*") if p.is_file() and _visible(p, folder)),
@@ -92,7 +92,7 @@ def _validation_files(
     files: list[Path] = []
     targets: list[int] = []
     for sub in subfolders:
-        found = _files_under(sub)
+        found = files_under(sub)
         files.extend(found)
         targets.extend([labels.index(sub.name)] * len(found))
     return files, np.array(targets, dtype=np.int64)
@@ -103,7 +103,7 @@ def load_images(
 ) -> tuple[ImageSet, ImageSet]:
     """Calibration and validation images; without a validation folder every fifth
     calibration image (sorted names) is held out, and only agreement can be judged."""
-    calib_files = _files_under(folder(calibration, "calibration"))
+    calib_files = files_under(folder(calibration, "calibration"))
     if not calib_files:
         raise ModelImportError(f"calibration folder {calibration} holds no images")
     if validation is None:

@@ -42,7 +42,7 @@ PROBE_ROWS = 3
 DEFAULT_BATCHING = Batching(max_batch_size=32, max_queue_delay_us=2000, max_queue_size=256)
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     if not NAME_PATTERN.fullmatch(name):
         raise ModelImportError(f"model name {name!r} must be lowercase letters, digits and _")
     if name.endswith(tuple(f"_{variant}" for variant in VARIANTS)):
@@ -215,7 +215,7 @@ def import_model(
     and a .npz of the original pipeline's outputs for them) is checked before publishing;
     `opset` converts the graph first (onnx.version_converter), checked on calibration rows.
     """
-    _check_name(name)
+    check_name(name)
     unknown = [q for q in quantizers if q not in QUANTIZERS]
     if unknown or not quantizers:
         raise ModelImportError(f"unknown quantizers {unknown}; choose from {', '.join(QUANTIZERS)}")

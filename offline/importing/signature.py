@@ -26,7 +26,7 @@ class Signature:
     output_dims: Dims | None  # None: the graph does not declare the output's rank
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> Dims | None:
+def declared_dims(value_info: onnx.ValueInfoProto) -> Dims | None:
     tensor = value_info.type.tensor_type
     if not tensor.HasField("shape"):
         return None
@@ -80,7 +80,7 @@ def inspect_model(path: Path) -> tuple[onnx.ModelProto, Signature]:
                 f"{path}: {role} {tensor.name!r} is {kind}; an image classifier here takes and "
                 "returns float32 tensors"
             )
-    input_dims, output_dims = _dims(image), _dims(scores)
+    input_dims, output_dims = declared_dims(image), declared_dims(scores)
     if input_dims is None or len(input_dims) != 4:
         raise ModelImportError(
             f"{path}: input {image.name!r} has shape {show(input_dims)}; an image classifier "
@@ -152,7 +152,7 @@ def with_fixed_dims(
     image = next(i for i in rewritten.graph.input if i.name == signature.input_name)
     fixed = Signature(
         signature.input_name,
-        _dims(image) or signature.input_dims,
+        declared_dims(image) or signature.input_dims,
         signature.output_name,
         signature.output_dims,
     )

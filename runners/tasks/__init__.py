@@ -3,9 +3,10 @@
 from runners.errors import RepositoryError
 from runners.tasks.base import AnswerOptions, Prepared, Task
 from runners.tasks.classification import CLASSIFICATION
+from runners.tasks.detection import DETECTION
 
 # A new kind of model: one module beside classification.py with a Task subclass, added here.
-TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION,)}
+TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, DETECTION)}
 
 
 # The HTTP routes of every task: path -> (task, endpoint label, many images).

@@ -130,6 +130,10 @@ class Task(ABC):
         """The outputs of the model's Triton form: name, dtype, dims without the batch axis."""
 
     @abstractmethod
-    def triton_answer(self, entry: Any, outputs: Tensors) -> Tensors:
+    def triton_answer(
+        self, entry: Any, outputs: Tensors, metas: Sequence[Any | None] = ()
+    ) -> Tensors:
         """A batch's Triton outputs from the engine's outputs, one row per image (a task with
-        variable-length answers pads them and says how many rows are real)."""
+        variable-length answers pads them and says how many rows are real). `metas` has
+        what `prepare` kept of each row's image, None for a row sent as a tensor (or is
+        empty: no row came as an image)."""

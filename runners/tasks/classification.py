@@ -177,7 +177,9 @@ class Classification(Task):
         """The Triton model's outputs: name, dtype, dims without the batch axis."""
         return [(SCORES, np.float32, entry.outputs[0].dims), (LABEL, np.bytes_, (1,))]
 
-    def triton_answer(self, entry: ModelEntry, outputs: Tensors) -> Tensors:
+    def triton_answer(
+        self, entry: ModelEntry, outputs: Tensors, metas: Sequence[Any | None] = ()
+    ) -> Tensors:
         """The Triton outputs of a batch, one row per image."""
         scores = self.scores(entry, outputs)
         names = np.array([label.encode() for label in entry.labels], dtype=np.bytes_)

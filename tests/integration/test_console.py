@@ -16,6 +16,7 @@ import base64
 import io
 import os
 import re
+import shutil
 import time
 import zipfile
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from lifecycle.registry import CHAMPION, Registry
 from offline.data import load_heldout
 from offline.digits import encode_png
 from tests.integration.conftest import REPO_ROOT, Server, bentoml_env, start_server, stop_server
+from tests.integration.squares import canvas, write_squares
 from tests.integration.test_registry import FAMILY
 from tests.integration.test_retrain import inverted_training_digits, zipped
 from tests.integration.test_review import blends
@@ -128,8 +130,25 @@ class Console:
         page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
 
+def screenshots(root: Path) -> Path:
+    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or root / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+def browser() -> Iterator[Browser]:
+    """One headless chromium for the module: Playwright's sync API runs one at a time."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterator[Console]:
     root = tmp_path_factory.mktemp("console")
     registry, repository, data = three_versions(root)
     home, env = bentoml_env(
@@ -151,16 +170,56 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             "IMGSERVE_RETRAIN_MEASURE_DURATION_S": "0.2",
         },
     )
-    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or root / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
     server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                yield Console(server, browser, shots, registry)
-            finally:
-                browser.close()
+        yield Console(server, browser, screenshots(root), registry)
+    finally:
+        stop_server(server)
+
+
+@dataclass
+class DetectorConsole:
+    server: Server
+    browser: Browser
+    shots: Path
+
+    def shot(self, page: Page, name: str) -> None:
+        page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+
+SQUARES_MAP50 = 0.975  # the card's figure, which the Models page must show as it stands
+
+
+@pytest.fixture(scope="module")
+def detector_console(
+    tmp_path_factory: pytest.TempPathFactory, browser: Browser
+) -> Iterator[DetectorConsole]:
+    """A service serving the hand-built square detector (tests.integration.squares, with a
+    card) beside the committed digit classifier."""
+    root = tmp_path_factory.mktemp("detector-console")
+    repository = root / "repo"
+    card = {
+        "family": "squares",
+        "kind": "detector",
+        "summary": "Bright squares on 8-pixel cells, built by hand.",
+        "evaluation": {
+            "data": "generated canvases", "samples": 4, "objects": 9, "fp32_map50": SQUARES_MAP50,
+        },
+    }  # fmt: skip
+    write_squares(repository, root, card)
+    shutil.copytree(REPO_ROOT / "model_repository" / "digits_fp32", repository / "digits_fp32")
+    home, env = bentoml_env(
+        root,
+        {
+            "IMGSERVE_REPOSITORY": str(repository),
+            "IMGSERVE_MODELS": "squares,digits",
+            "IMGSERVE_DATA_DIR": str(root / "data"),
+            "IMGSERVE_ADMIN_TOKEN": TOKEN,
+        },
+    )
+    server = start_server("service:ImageClassifier", REPO_ROOT, home / "server.log", env)
+    try:
+        yield DetectorConsole(server, browser, screenshots(root))
     finally:
         stop_server(server)
 
@@ -558,5 +617,83 @@ def test_shifted_digits_make_the_monitoring_page_show_drift(console: Console) ->
         assert "pixel_mean" in report.text()
         assert watched.clear() == []
         console.shot(page, "monitoring")
+    finally:
+        context.close()
+
+
+def test_a_canvas_uploaded_for_a_detector_has_its_boxes_drawn_where_the_api_says(
+    detector_console: DetectorConsole,
+) -> None:
+    url = detector_console.server.url
+    png, expected = canvas([(1, 0), (3, 1), (0, 1)])
+    with httpx.Client(base_url=url, timeout=30) as client:
+        sent = client.post("/v1/detect", params={"model": "squares"}, content=png, headers=PNG)
+        assert sent.status_code == 200, sent.text
+    detections = sent.json()["detections"]
+    assert sorted(d["box"] for d in detections) == expected  # three squares, three boxes
+
+    context = detector_console.browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        watched = watch(context)
+        page = watched.page
+        page.goto(f"{url}/console/try")
+        expect(page.locator("#model option")).to_have_count(2)
+        page.select_option("#model", "squares")
+        expect(page.locator("#variant option")).to_have_count(1)
+        assert page.is_hidden("#top-k")  # a detector answers boxes, not the top k labels
+        page.set_input_files("#files", files=[upload("canvas.png", png)])
+        slot = page.locator("[data-file='canvas.png'] .answer-slot[data-variant=fp32]")
+        boxes = slot.locator("svg.boxes rect.box")
+        expect(boxes).to_have_count(len(detections))
+        expect(slot.locator(".count")).to_have_text(str(len(detections)))
+        overlay = slot.locator("svg.boxes")
+        assert overlay.get_attribute("viewBox") == "0 0 128 64"  # the canvas's own pixels
+        drawn = sorted(
+            [float(b.get_attribute(a) or "nan") for a in ("x", "y", "width", "height")]
+            for b in boxes.all()
+        )
+        assert drawn == sorted([x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in expected)
+        # On screen: each box where its pixels are on the displayed (scaled) image.
+        image = slot.locator(".detected img").bounding_box()
+        assert image is not None and image["width"] > 128  # shown larger than its pixels
+        scale = image["width"] / 128
+        assert image["height"] == pytest.approx(64 * scale, abs=1)
+        for box in boxes.all():
+            shown = box.bounding_box()
+            assert shown is not None
+            x, y = float(box.get_attribute("x") or 0), float(box.get_attribute("y") or 0)
+            assert shown["x"] - image["x"] == pytest.approx(x * scale, abs=2)
+            assert shown["y"] - image["y"] == pytest.approx(y * scale, abs=2)
+            assert shown["width"] == pytest.approx(32 * scale, abs=3)
+        labels = slot.locator("svg.boxes g.detection text").all_text_contents()
+        assert labels == [f"{d['label']} {100 * d['score']:.1f} %" for d in detections]
+        detector_console.shot(page, "try-detection")
+        # A classifier in the same service keeps its view: top-k bars, no boxes.
+        page.select_option("#model", "digits")
+        assert page.is_visible("#top-k")
+        digit_png, label = digit(3)
+        page.set_input_files("#files", files=[upload("digit.png", digit_png)])
+        top1 = page.locator("[data-file='digit.png'] .answer-slot[data-variant=fp32] .top1")
+        expect(top1).to_have_text(label)
+        assert page.locator("[data-file='digit.png'] svg.boxes").count() == 0
+        assert watched.clear() == []
+    finally:
+        context.close()
+
+
+def test_the_models_page_shows_a_detectors_map50(detector_console: DetectorConsole) -> None:
+    context = detector_console.browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        watched = watch(context)
+        page = watched.page
+        page.goto(f"{detector_console.server.url}/console/models")
+        squares = page.locator("section[data-model=squares]")
+        expect(squares.locator("td.quality")).to_have_text(f"{100 * SQUARES_MAP50:.1f} %")
+        assert squares.locator("td.quality").get_attribute("data-measure") == "map50"
+        assert "mAP@0.5" in squares.locator("thead").inner_text()
+        assert "9 objects" in squares.locator("dl.facts").inner_text()
+        digits = page.locator("section[data-model=digits] td.quality")
+        assert digits.get_attribute("data-measure") == "top1"
+        assert watched.clear() == []
     finally:
         context.close()

@@ -1,5 +1,6 @@
-"""The proof that dashboards and rules read real data: start the service, send traffic,
-start a real Prometheus scraping it with the project's rules, then evaluate every PromQL
+"""The proof that dashboards and rules read real data: start the service (the digit
+classifier and the hand-built square detector, so the detection panels have data), send
+traffic, start a real Prometheus scraping it with the project's rules, then evaluate every PromQL
 expression of every dashboard panel and every recording rule through Prometheus's HTTP API.
 Each must return data with no query error, and no dashboard may name a metric that no
 exporter exposes."""
@@ -36,6 +37,8 @@ from tests.integration.conftest import (
     start_server,
     stop_server,
 )
+from tests.integration.squares import FAMILY as SQUARES
+from tests.integration.squares import canvas, write_squares
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +70,11 @@ def recording_rules() -> list[str]:
 
 
 def traffic(url: str, triton_http: str, stop: threading.Event) -> None:
-    """Good and bad requests on both variants of both front ends until told to stop."""
+    """Good and bad requests on both variants of both front ends, and canvases with none to
+    three squares for the detector, until told to stop."""
     images, _ = load_heldout()
     pngs = [encode_png(image) for image in images[:50]]
+    canvases = [canvas(squares)[0] for squares in ([], [(0, 0)], [(1, 0), (3, 1), (2, 0)])]
     headers = {"Content-Type": "image/png"}
     triton = tritonclient.http.InferenceServerClient(triton_http.removeprefix("http://"))
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -81,6 +86,10 @@ def traffic(url: str, triton_http: str, stop: threading.Event) -> None:
             row = tritonclient.http.InferInput("image", [1, 1], "BYTES")
             row.set_data_from_numpy(np.array([[png]], dtype=np.object_))
             triton.infer(f"digits_{variant}", [row])
+            client.post(
+                "/v1/detect", params={"model": SQUARES}, content=canvases[count % 3],
+                headers=headers,
+            )  # fmt: skip
             if count % 10 == 0:
                 client.post("/v1/classify", content=b"not an image", headers=headers)
                 client.post("/v1/classify?variant=fp16", content=pngs[0], headers=headers)
@@ -134,13 +143,19 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The service, its log and drift checks in a folder of their own: a check every few
-    seconds once 20 answers are logged, so the drift panel has data."""
+    """The service, its repository, log and drift checks in a folder of their own: a check
+    every few seconds once 20 answers are logged, so the drift panel has data."""
     root = tmp_path_factory.mktemp("service")
+    repository = root / "repo"
+    for name in ("digits_fp32", "digits_int8"):
+        shutil.copytree(REPO_ROOT / "model_repository" / name, repository / name)
+    write_squares(repository, root)
     home, env = bentoml_env(
         root,
         {
             **TEST_LIMITS,
+            "IMGSERVE_REPOSITORY": str(repository),
+            "IMGSERVE_MODELS": f"digits,{SQUARES}",
             "IMGSERVE_DATA_DIR": str(root / "data"),
             "IMGSERVE_DRIFT_INTERVAL_S": "3",
             "IMGSERVE_DRIFT_MIN_ROWS": "20",

@@ -2,6 +2,7 @@
 and equal to what the code generates."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 import yaml
 
 from observability import dashboards
+from serving.metrics import metrics
+from triton_server.latency import LatencyMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "prometheus"
@@ -62,6 +65,65 @@ def test_dashboard_json_is_well_formed(name: str) -> None:
         assert panel["targets"], panel["title"]
         if panel["type"] != "heatmap":
             assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
+
+
+# The series a metric family exposes, by its type (prometheus_client's text format).
+SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gauge": ("",),
+    "summary": ("", "_sum", "_count"),
+}
+IMGSERVE_SERIES = re.compile(r"\bimgserve_[a-z0-9_]+")
+TRITON_SERIES = re.compile(r"\bnv_[a-z0-9_]+")  # Triton's own: not the project's to check
+
+
+def exported_series() -> set[str]:
+    """Every series name the project's BentoML and Triton exporters can expose."""
+    from prometheus_client import REGISTRY
+    from prometheus_client.registry import Collector
+
+    metrics()  # the service's (and the rollout's version) metrics, in the default registry
+    collectors: list[Collector] = [REGISTRY, LatencyMetrics().registry]
+    names: set[str] = set()
+    for collector in collectors:
+        for family in collector.collect():
+            names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
+    return names
+
+
+def queried_series(expr: str) -> set[str]:
+    return set(IMGSERVE_SERIES.findall(expr))
+
+
+@pytest.mark.parametrize("name", list(dashboards.DASHBOARDS))
+def test_every_panel_query_names_series_the_project_exports(name: str) -> None:
+    document = json.loads((ROOT / "grafana" / "dashboards" / f"{name}.json").read_text())
+    exported = exported_series()
+    queried: set[str] = set()
+    for panel in dashboards.panels(document):
+        for target in panel.get("targets", []):
+            found = queried_series(target["expr"])
+            assert found or TRITON_SERIES.search(target["expr"]), (panel["title"], target)
+            assert found <= exported, (panel["title"], found - exported)
+            queried |= found
+    if name == "serving-overview":  # the detection row reads the detection task's histograms
+        assert {
+            "imgserve_detections_per_image_sum", "imgserve_detections_per_image_count",
+            "imgserve_detections_per_image_bucket", "imgserve_detection_scores_bucket",
+        } <= queried  # fmt: skip
+
+
+def test_every_recording_rule_reads_series_the_project_exports() -> None:
+    groups = yaml.safe_load((PROMETHEUS / "rules" / "recording.yml").read_text())["groups"]
+    exported = exported_series()
+    for rule in (rule for group in groups for rule in group["rules"]):
+        assert queried_series(rule["expr"]) <= exported, rule["record"]
+    recorded = {rule["record"] for group in groups for rule in group["rules"]}
+    assert {
+        "imgserve:detections_per_image:mean5m", "imgserve:detection_empty_ratio:rate5m",
+        "imgserve:detection_score:p50_5m",
+    } <= recorded  # fmt: skip
 
 
 def test_committed_dashboards_equal_the_generator() -> None:
