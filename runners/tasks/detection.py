@@ -276,8 +276,8 @@ class ObjectDetection(Task):
         return {
             "label": answer[0]["label"] if answer else None,
             "score": answer[0]["score"] if answer else None,
-            "labels": [d["label"] for d in answer],
-            "scores": [d["score"] for d in answer],
+            "labels": tuple([d["label"] for d in answer]),
+            "scores": tuple([d["score"] for d in answer]),
         }
 
     def triton_outputs(self, entry: ModelEntry) -> list[tuple[str, type, tuple[int, ...]]]:
