@@ -171,8 +171,8 @@ def test_decode_of_a_hand_built_output(tmp_path: Path) -> None:
     assert first[0]["box"] == [12.0, 20.0, 28.0, 28.0]
     assert first[2]["box"] == [48.0, 38.0, 56.0, 42.0]
     assert DETECTION.log_fields(first) == {
-        "label": "cat", "score": first[0]["score"], "labels": ["cat", "dog", "fox"],
-        "scores": [d["score"] for d in first],
+        "label": "cat", "score": first[0]["score"], "labels": ("cat", "dog", "fox"),
+        "scores": tuple(d["score"] for d in first),
     }  # fmt: skip
     assert DETECTION.log_fields([])["label"] is None
 
