@@ -46,10 +46,12 @@ class DigitDetector(nn.Module):
             _block(w8, w8),
         )
         self.box_head = nn.Conv2d(w8, 4, 1)
-        self.class_head = nn.Sequential(_block(w8, w8), nn.Conv2d(w8, classes, 1))
+        block, scores = _block(w8, w8), nn.Conv2d(w8, classes, 1)
         # Start from a low class probability (RetinaNet's prior) so that the background,
         # which most anchors see, does not dominate the first steps.
-        nn.init.constant_(self.class_head[-1].bias, -4.6)  # type: ignore[arg-type]
+        assert scores.bias is not None
+        nn.init.constant_(scores.bias, -4.6)
+        self.class_head = nn.Sequential(block, scores)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs: side distances (batch, anchors, 4) in strides, class logits
@@ -84,7 +86,7 @@ class Exported(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         distances, logits = self.network(images)
-        points: torch.Tensor = self.points  # type: ignore[assignment]
+        points = self.get_buffer("points")
         corners = to_corners(distances, points)
         centre = (corners[..., :2] + corners[..., 2:]) / 2
         size = corners[..., 2:] - corners[..., :2]
