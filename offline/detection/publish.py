@@ -135,6 +135,13 @@ def _bf16_speedup(fp32_onnx: Path, duration_s: float) -> float:
     return timings["bf16 openvino"].images_per_s / fp32
 
 
+def _fastest(performance: Sequence[PerfRow], variant: str, batch_size: int = 8) -> str:
+    """The backend measured fastest for a variant at `batch_size` (ONNX Runtime when it was
+    not measured: a variant the gate refused)."""
+    rows = [r for r in performance if r.variant == variant and r.batch_size == batch_size]
+    return max(rows, key=lambda r: r.images_per_s).backend if rows else "onnxruntime"
+
+
 def _calibration(release: DetectorRelease, entry: ModelEntry) -> np.ndarray:
     """The calibration images as the served preprocessing makes them; one that does not
     decode is named."""
@@ -229,9 +236,13 @@ def publish_detector(release: DetectorRelease, repository: Path) -> DetectorCard
             performance=_measure(files, release.measure_duration_s),
         )
         extra = card.files_for_repository()
-        fp32 = write_model(served, fp32_onnx, extra)
+        fp32 = write_model(
+            release_entry(release, repository, "fp32", _fastest(card.performance, "fp32")),
+            fp32_onnx,
+            extra,
+        )
         for variant in ("int8", "bf16"):
-            backend = "openvino" if variant == "bf16" else "onnxruntime"
+            backend = _fastest(card.performance, variant)  # bf16: OpenVINO, the one that runs it
             target = release_entry(release, repository, variant, backend)
             if variant in files:
                 source = fp32.onnx_path if variant == "bf16" else files[variant]
