@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.timing import time_backend, time_interleaved
-from offline.card import PerfRow
+from offline.card import Bf16Decision, PerfRow
 from offline.detection.card import (
     DetectionBuild,
     DetectionEvaluation,
@@ -74,6 +74,7 @@ class DetectorRelease:
     quantizers: tuple[str, ...] = tuple(QUANTIZERS)
     measure_duration_s: float = 1.0
     max_drop_points: float = MAX_DROP_POINTS
+    bf16: bool = True  # False: no BF16 variant is tried
 
 
 def release_entry(
@@ -193,19 +194,28 @@ def publish_detector(release: DetectorRelease, repository: Path) -> DetectorCard
             files["int8"] = int8_path
         missing = bf16_unavailable()
         if missing is not None:
-            bf16 = f"not tried: {missing}"
+            bf16 = Bf16Decision(published=False, reason=missing, cpu_has_bf16=False)
+        elif not release.bf16:
+            bf16 = Bf16Decision(
+                published=False,
+                reason="not requested (python -m offline detector decides it on a CPU with BF16)",
+                cpu_has_bf16=True,
+            )
         else:
             answers = detect(served, fp32_onnx, release.validation, "openvino", "bf16")
             scores["bf16"] = map50(truth, answers, classes)
             bf16_gate = judge("bf16", scores["fp32"], scores["bf16"], release.max_drop_points)
             speedup = _bf16_speedup(fp32_onnx, release.measure_duration_s)
             pays = speedup >= BF16_MIN_SPEEDUP
-            bf16 = (
-                f"{'published' if bf16_gate.passed and pays else 'not published'}: "
-                f"{bf16_gate.explain()}; OpenVINO BF16 ran {speedup:.2f}x the faster FP32 "
-                f"backend at batch 8 (publishing needs {BF16_MIN_SPEEDUP:.2f}x)"
+            bf16 = Bf16Decision(
+                published=bf16_gate.passed and pays,
+                reason=f"{bf16_gate.explain()}; OpenVINO BF16 ran {speedup:.2f}x the faster "
+                f"FP32 backend at batch 8 (publishing needs {BF16_MIN_SPEEDUP:.2f}x)",
+                cpu_has_bf16=True,
+                speedup=speedup,
+                probe_batch_size=8,
             )
-            if bf16_gate.passed and pays:
+            if bf16.published:
                 files["bf16"] = fp32_onnx
         spec = release.spec
         card = DetectorCard(
