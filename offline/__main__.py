@@ -122,7 +122,7 @@ def _detector(args: argparse.Namespace) -> None:
         Registry(),
         args.repository,
         detector.FAMILY,
-        lambda staging: detector.build(staging, source, steps=args.steps),
+        lambda staging: detector.build(staging, source, steps=args.steps, bf16=not args.no_bf16),
         how,
     )
     _report(published.version.number, detector.FAMILY, published.promoted)
@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     detector = commands.add_parser("detector", help="publish the digit detector")
     detector.add_argument("--retrain", action="store_true", help="train anew (needs torch)")
     detector.add_argument("--steps", type=int, default=2400, help="training steps of 32")
+    detector.add_argument(
+        "--no-bf16", action="store_true", help="try no BF16 variant (files to commit)"
+    )
     detector.set_defaults(handler=_detector)
     profile = commands.add_parser("profile", help="build a load-profile model")
     profile.add_argument("name", choices=["mobilenet_v2", "resnet50", "all"])

@@ -75,9 +75,11 @@ def build(
     quantizers: tuple[str, ...] = tuple(QUANTIZERS),
     measure_duration_s: float = 1.0,
     max_drop_points: float = MAX_DROP_POINTS,
+    bf16: bool = True,
 ) -> DetectorCard:
     """Publish detector_fp32, and detector_int8 (and detector_bf16) where the gate passes
-    them, into `repository`; train first when no `fp32_onnx` is given. Raises
+    them, into `repository`; train first when no `fp32_onnx` is given; `bf16` False tries no
+    BF16 variant. Raises
     AccuracyGateFailed (after writing FP32) when INT8 is refused."""
     data = data or datasets()
     with tempfile.TemporaryDirectory(prefix="detector-") as scratch:
@@ -110,6 +112,6 @@ def build(
             ),
             reproduce=".venv/bin/pip install -e '.[train,build]' && make detector",
             quantizers=quantizers, measure_duration_s=measure_duration_s,
-            max_drop_points=max_drop_points,
+            max_drop_points=max_drop_points, bf16=bf16,
         )  # fmt: skip
         return publish_detector(release, repository)

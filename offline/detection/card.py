@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from offline.card import PerfRow, describe_machine, tool_versions
+from offline.card import Bf16Decision, PerfRow, describe_machine, tool_versions
 from runners.errors import AccuracyGateFailed
 from runners.precision import CpuInfo, this_cpu
 from runners.repository import CARD_JSON, CARD_MD
@@ -76,7 +76,7 @@ class DetectorCard(BaseModel):
     built: DetectionBuild
     evaluation: DetectionEvaluation
     gate: DetectionGate | None
-    bf16: str = Field(description="Whether a BF16 variant is published, and why.")
+    bf16: Bf16Decision
     files: dict[str, int] = Field(description="`VARIANT_bytes` -> its ONNX file's size.")
     performance: list[PerfRow]
     machine: str = Field(default_factory=describe_machine)
@@ -110,7 +110,8 @@ class DetectorCard(BaseModel):
                 "pycocotools).", "",
                 "| variant | mAP@0.5 | bytes |", "|---|---|---|", *rows, "",
                 f"Gate: {self.gate.explain() if self.gate else 'no INT8 candidate'}.",
-                f"BF16: {self.bf16}.", "",
+                f"BF16: {'published' if self.bf16.published else 'not published'}: "
+                f"{self.bf16.reason}.", "",
                 "## Built", "", self.built.how, "", f"Reproduce: `{self.built.reproduce}`",
                 f"Calibration: {self.built.calibration}.", "",
                 "## Raw throughput (in process, one batch after another)", "",

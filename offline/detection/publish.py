@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.timing import time_backend, time_interleaved
-from offline.card import PerfRow
+from offline.card import Bf16Decision, PerfRow
 from offline.detection.card import (
     DetectionBuild,
     DetectionEvaluation,
@@ -74,6 +74,7 @@ class DetectorRelease:
     quantizers: tuple[str, ...] = tuple(QUANTIZERS)
     measure_duration_s: float = 1.0
     max_drop_points: float = MAX_DROP_POINTS
+    bf16: bool = True  # False: no BF16 variant is tried
 
 
 def release_entry(
@@ -135,6 +136,13 @@ def _bf16_speedup(fp32_onnx: Path, duration_s: float) -> float:
     return timings["bf16 openvino"].images_per_s / fp32
 
 
+def _fastest(performance: Sequence[PerfRow], variant: str, batch_size: int = 8) -> str:
+    """The backend measured fastest for a variant at `batch_size` (ONNX Runtime when it was
+    not measured: a variant the gate refused)."""
+    rows = [r for r in performance if r.variant == variant and r.batch_size == batch_size]
+    return max(rows, key=lambda r: r.images_per_s).backend if rows else "onnxruntime"
+
+
 def _calibration(release: DetectorRelease, entry: ModelEntry) -> np.ndarray:
     """The calibration images as the served preprocessing makes them; one that does not
     decode is named."""
@@ -186,19 +194,28 @@ def publish_detector(release: DetectorRelease, repository: Path) -> DetectorCard
             files["int8"] = int8_path
         missing = bf16_unavailable()
         if missing is not None:
-            bf16 = f"not tried: {missing}"
+            bf16 = Bf16Decision(published=False, reason=missing, cpu_has_bf16=False)
+        elif not release.bf16:
+            bf16 = Bf16Decision(
+                published=False,
+                reason="not requested (python -m offline detector decides it on a CPU with BF16)",
+                cpu_has_bf16=True,
+            )
         else:
             answers = detect(served, fp32_onnx, release.validation, "openvino", "bf16")
             scores["bf16"] = map50(truth, answers, classes)
             bf16_gate = judge("bf16", scores["fp32"], scores["bf16"], release.max_drop_points)
             speedup = _bf16_speedup(fp32_onnx, release.measure_duration_s)
             pays = speedup >= BF16_MIN_SPEEDUP
-            bf16 = (
-                f"{'published' if bf16_gate.passed and pays else 'not published'}: "
-                f"{bf16_gate.explain()}; OpenVINO BF16 ran {speedup:.2f}x the faster FP32 "
-                f"backend at batch 8 (publishing needs {BF16_MIN_SPEEDUP:.2f}x)"
+            bf16 = Bf16Decision(
+                published=bf16_gate.passed and pays,
+                reason=f"{bf16_gate.explain()}; OpenVINO BF16 ran {speedup:.2f}x the faster "
+                f"FP32 backend at batch 8 (publishing needs {BF16_MIN_SPEEDUP:.2f}x)",
+                cpu_has_bf16=True,
+                speedup=speedup,
+                probe_batch_size=8,
             )
-            if bf16_gate.passed and pays:
+            if bf16.published:
                 files["bf16"] = fp32_onnx
         spec = release.spec
         card = DetectorCard(
@@ -229,9 +246,13 @@ def publish_detector(release: DetectorRelease, repository: Path) -> DetectorCard
             performance=_measure(files, release.measure_duration_s),
         )
         extra = card.files_for_repository()
-        fp32 = write_model(served, fp32_onnx, extra)
+        fp32 = write_model(
+            release_entry(release, repository, "fp32", _fastest(card.performance, "fp32")),
+            fp32_onnx,
+            extra,
+        )
         for variant in ("int8", "bf16"):
-            backend = "openvino" if variant == "bf16" else "onnxruntime"
+            backend = _fastest(card.performance, variant)  # bf16: OpenVINO, the one that runs it
             target = release_entry(release, repository, variant, backend)
             if variant in files:
                 source = fp32.onnx_path if variant == "bf16" else files[variant]

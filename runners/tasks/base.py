@@ -3,8 +3,9 @@
 A task turns request images into the model's input tensors (with whatever it must remember of
 each image to answer), the model's output tensors back into one answer per image, and says
 what its answers look like, which metrics they feed and how a variant is judged against
-FP32. Classification is one task (`runners.tasks.classification`); a new kind of model is
-one new module with a `Task` subclass, registered in `runners.tasks.TASKS`.
+FP32. Classification is one task (`runners.tasks.classification`), detection another
+(`runners.tasks.detection`); a new kind of model is one new module with a `Task` subclass,
+registered in `runners.tasks.TASKS`.
 
 The core (`serving.gateway`, `serving.coalescer`, the Triton model) only moves `Tensors`:
 it batches the prepared inputs along the batch axis, runs the engine, and hands each

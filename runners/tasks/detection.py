@@ -11,15 +11,22 @@ first. The thresholds are the repository entry's (`ModelEntry.task_parameters`:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runners.errors import RepositoryError
-from runners.preprocessing import ImageLimits, InputStats, decode_and_preprocess_many, placement
+from runners.preprocessing import (
+    ImageLimits,
+    InputStats,
+    PreprocessSpec,
+    decode_and_preprocess_many,
+    placement,
+)
 from runners.tasks.base import AnswerOptions, Prepared, Task
 from runners.tensors import Tensors
 
@@ -76,6 +83,16 @@ class Letterboxed(InputStats):
     left: int
     resized_height: int
     resized_width: int
+
+    @classmethod
+    def of(cls, stats: InputStats, spec: PreprocessSpec) -> Letterboxed:
+        """An image's statistics and where the spec's letterbox puts it."""
+        top, left, height, width = placement(stats.width, stats.height, spec)
+        return cls(
+            width=stats.width, height=stats.height, format=stats.format,
+            pixel_mean=stats.pixel_mean, pixel_std=stats.pixel_std, top=top, left=left,
+            resized_height=height, resized_width=width,
+        )  # fmt: skip
 
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """x1 y1 x2 y2 boxes in input pixels -> the image's own pixels, clipped to it."""
@@ -169,6 +186,11 @@ def decode(output: np.ndarray, parameters: DetectionParameters) -> list[Found]:
     return found
 
 
+@functools.lru_cache(maxsize=64)
+def _parameters(items: tuple[tuple[str, str], ...]) -> DetectionParameters:
+    return DetectionParameters.model_validate(dict(items))
+
+
 class ObjectDetection(Task):
     name = "detection"
     answer_key = "detections"
@@ -176,8 +198,9 @@ class ObjectDetection(Task):
     endpoint = "detect"
 
     def parameters(self, entry: ModelEntry) -> DetectionParameters:
+        """The entry's thresholds (validated once per distinct set: every batch asks)."""
         try:
-            return DetectionParameters.model_validate(entry.task_parameters)
+            return _parameters(tuple(sorted(entry.task_parameters.items())))
         except ValidationError as exc:
             raise RepositoryError(
                 f"{entry.name}: invalid detection parameters (project.task.*): {exc}"
@@ -214,7 +237,7 @@ class ObjectDetection(Task):
         spec = entry.preprocess
         stats: list[InputStats] = []
         batch, failures = decode_and_preprocess_many(images, spec, limits, stats)
-        metas = [Letterboxed(*astuple(s), *placement(s.width, s.height, spec)) for s in stats]  # type: ignore[call-arg]
+        metas = [Letterboxed.of(s, spec) for s in stats]
         return Prepared(inputs={entry.inputs[0].name: batch}, metas=metas, failures=failures)
 
     def detect(self, entry: ModelEntry, outputs: Mapping[str, np.ndarray]) -> list[Found]:

@@ -16,9 +16,12 @@ import httpx
 import numpy as np
 import pytest
 
+from offline.data import load_heldout
 from offline.detection.canvases import encode_png
-from runners.preprocessing import PreprocessSpec
-from runners.repository import Batching, ModelEntry, TensorSpec, write_model
+from runners.model import LoadedModel
+from runners.preprocessing import PreprocessSpec, decode_and_preprocess
+from runners.repository import Batching, ModelEntry, TensorSpec, read_model, write_model
+from runners.tasks.classification import top1_labels
 from tests.integration.conftest import REPO_ROOT, Server, bentoml_env, start_server, stop_server
 from tests.models import tiny_detector
 
@@ -123,19 +126,33 @@ def test_detect_batch_answers_each_image_in_its_slot(client: httpx.Client) -> No
     assert results[3]["detections"] == []
 
 
-def test_concurrent_requests_each_get_their_own_boxes(client: httpx.Client) -> None:
-    """Requests batched together by the server: every reply holds its own image's boxes."""
+def test_concurrent_requests_each_get_their_own_answer(client: httpx.Client) -> None:
+    """Detect and classify requests at once, batched by the server per model: every reply
+    holds its own image's answer (boxes; the digit's top-1 label, as in process)."""
     cells = [(column, row) for column in range(4) for row in range(2)]
     cases = [canvas([cells[i % 8], cells[(i * 3 + 1) % 8]]) for i in range(24)]
+    digits, _ = load_heldout()
+    pngs = [encode_png(image) for image in digits[:24]]
+    model = LoadedModel.load(read_model(REPO_ROOT / "model_repository" / "digits_fp32"))
+    expected = top1_labels(
+        model, np.stack([decode_and_preprocess(p, model.entry.preprocess) for p in pngs])
+    )
 
-    def send(image: bytes) -> list[list[float]]:
+    def detect(image: bytes) -> list[list[float]]:
         answer = client.post("/v1/detect", content=image, headers=PNG)
         assert answer.status_code == 200, answer.text
         return boxes_of(answer.json()["detections"])
 
+    def classify(image: bytes) -> str:
+        answer = client.post("/v1/classify", params={"model": "digits"}, content=image, headers=PNG)
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["predictions"][0]["label"])
+
     with ThreadPoolExecutor(max_workers=12) as pool:
-        found = list(pool.map(send, [image for image, _ in cases]))
-    assert found == [boxes for _, boxes in cases]
+        found = [pool.submit(detect, image) for image, _ in cases]
+        labels = [pool.submit(classify, image) for image in pngs]
+        assert [f.result() for f in found] == [boxes for _, boxes in cases]
+        assert [f.result() for f in labels] == expected
 
 
 @pytest.mark.parametrize(

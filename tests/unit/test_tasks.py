@@ -29,8 +29,9 @@ def test_tasks_are_registered_with_their_routes() -> None:
     assert TASKS["classification"] is CLASSIFICATION
     assert ROUTES["/v1/classify"] == (CLASSIFICATION, "classify", False)
     assert ROUTES["/v1/classify/batch"] == (CLASSIFICATION, "classify_batch", True)
-    known = r"unknown task .segmentation.; tasks: classification, detection"
-    with pytest.raises(RepositoryError, match=known):
+    with pytest.raises(
+        RepositoryError, match=r"unknown task 'segmentation'; tasks: classification, detection"
+    ):
         get_task("segmentation")
 
 
