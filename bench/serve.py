@@ -14,7 +14,8 @@ shared machine cannot favour one of them. Locust runs on the same cores as the s
 CPU time is reported. The ratios the serving issues target are printed with their targets,
 whether met or not, and everything is written to JSON. With the ResNet-50 load profile in
 the repository (`make profiles`), served INT8 and FP32 images/s are compared with the raw
-in-process figure of the same variant and backend.
+in-process figure of the same variant and backend. With the digit detector in the
+repository (committed), its FP32 and INT8 variants are served to Locust's detection user.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from runners.settings import REPO_ROOT, BackendSettings
 log = logging.getLogger(__name__)
 
 PROFILE = "resnet50"
+DETECTOR = "detector"  # the committed digit detector: its served images/s beside the rest
 BATCH_IMAGES = 16
 
 
@@ -88,7 +90,7 @@ class Report(BaseModel):
     targets: list[Target]
 
 
-def contenders(profiles: bool, triton_grpc: str) -> list[Contender]:
+def contenders(profiles: bool, triton_grpc: str, detector: bool = False) -> list[Contender]:
     found = [
         Contender("service", "service", "UploadUser"),
         Contender("service (raw body)", "service", "DigitUser"),
@@ -108,6 +110,13 @@ def contenders(profiles: bool, triton_grpc: str) -> list[Contender]:
         found += [
             Contender(
                 f"{PROFILE} {v}", "service", "PhotoUser", ("--model", PROFILE, "--variant", v)
+            )
+            for v in ("fp32", "int8")
+        ]
+    if detector:
+        found += [
+            Contender(
+                f"{DETECTOR} {v}", "service", "DetectionUser", ("--model", DETECTOR, "--variant", v)
             )
             for v in ("fp32", "int8")
         ]
@@ -185,8 +194,10 @@ def run(args: argparse.Namespace, work: Path) -> Report:
     from offline.card import describe_machine
 
     repository: Path = args.repository
-    profiles = not args.quick and PROFILE in Repository(repository).families()
-    families = ["digits", PROFILE] if profiles else ["digits"]
+    served = Repository(repository).families()
+    profiles = not args.quick and PROFILE in served
+    detector = not args.quick and DETECTOR in served
+    families = ["digits", *([PROFILE] if profiles else []), *([DETECTOR] if detector else [])]
     env = {"IMGSERVE_REPOSITORY": str(repository), "IMGSERVE_MODELS": json.dumps(families)}
     started: dict[str, servers.Server] = {}
     launchers: dict[str, Callable[[], servers.Server]] = {
@@ -207,7 +218,7 @@ def run(args: argparse.Namespace, work: Path) -> Report:
             started[name] = launch()
             log.info("%-9s ready in %5.1f s at %s", name, started[name].ready_after_s,
                      started[name].url)  # fmt: skip
-        report = measure(args, work, started, profiles, describe_machine())
+        report = measure(args, work, started, profiles, describe_machine(), detector=detector)
     finally:
         for server in started.values():
             servers.stop(server)
@@ -223,8 +234,10 @@ def measure(
     started: dict[str, servers.Server],
     profiles: bool,
     machine: str,
+    *,
+    detector: bool = False,
 ) -> Report:
-    chosen = contenders(profiles, started["triton"].extra["grpc"])
+    chosen = contenders(profiles, started["triton"].extra["grpc"], detector)
     idle_rss = {name: s.rss_mb() for name, s in started.items()}
     for contender in chosen:  # warm-up: connection pools, lazy imports, first batches
         run_locust(started[contender.server].url, contender.user, args.users, 2.0,
