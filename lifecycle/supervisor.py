@@ -16,6 +16,9 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -32,10 +35,24 @@ from runners.errors import NotFound, ServingError
 log = logging.getLogger(__name__)
 
 _OPENED: dict[str, Registry] = {}  # in the helper process: "registry"
+PARENT_POLL_S = 1.0  # how often the helper process looks for its serving process
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End the helper process once the serving process is gone. A serving process killed
+    outright (kill -9) never shuts its pool down, and a pool worker would wait on its call
+    queue for ever: it holds that queue's write end itself, so it never sees the queue end."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(0)
 
 
 def _open(families: tuple[str, ...]) -> None:
-    """The helper process's start: import MLflow and make a first call to its store."""
+    """The helper process's start: watch the serving process, import MLflow and make a first
+    call to its store."""
+    threading.Thread(
+        target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+    ).start()
     registry = _OPENED["registry"] = Registry()
     try:
         for family in families:
