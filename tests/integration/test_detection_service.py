@@ -19,52 +19,22 @@ import pytest
 from offline.data import load_heldout
 from offline.detection.canvases import encode_png
 from runners.model import LoadedModel
-from runners.preprocessing import PreprocessSpec, decode_and_preprocess
-from runners.repository import Batching, ModelEntry, TensorSpec, read_model, write_model
+from runners.preprocessing import decode_and_preprocess
+from runners.repository import read_model
 from runners.tasks.classification import top1_labels
 from tests.integration.conftest import REPO_ROOT, Server, bentoml_env, start_server, stop_server
-from tests.models import tiny_detector
+from tests.integration.squares import canvas, write_squares
 
 pytestmark = pytest.mark.slow
 
 PNG = {"Content-Type": "image/png"}
-LABELS = ("a", "b", "c")
-# A 128x64 canvas letterboxes into 32x32 at a quarter of its size, 8 rows of padding on top:
-# a 32-pixel square at (32k, 32m) of the canvas fills exactly the cell (k, m + 1).
-WIDTH, HEIGHT, SIDE = 128, 64, 32
-
-
-def canvas(squares: list[tuple[int, int]]) -> tuple[bytes, list[list[float]]]:
-    """A black canvas with white squares at the given (column, row) of 32-pixel squares, and
-    their boxes in the canvas's pixels."""
-    image = np.zeros((HEIGHT, WIDTH), np.uint8)
-    boxes = []
-    for column, row in squares:
-        x, y = column * SIDE, row * SIDE
-        image[y : y + SIDE, x : x + SIDE] = 255
-        boxes.append([float(x), float(y), float(x + SIDE), float(y + SIDE)])
-    return encode_png(image), sorted(boxes)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("detection")
     repository = root / "repo"
-    spec = PreprocessSpec(
-        height=32, width=32, color_mode="L", resize="letterbox", resample="nearest"
-    )
-    write_model(
-        ModelEntry(
-            name="squares_fp32", family="squares", variant="fp32", version=1,
-            directory=repository / "squares_fp32", task="detection",
-            task_parameters={"score_threshold": "0.5", "iou_threshold": "0.45"},
-            inputs=(TensorSpec(name="images", dims=spec.sample_shape),),
-            outputs=(TensorSpec(name="output0", dims=(4 + len(LABELS), 16)),),
-            labels=LABELS, preprocess=spec,
-            batching=Batching(max_batch_size=16, max_queue_delay_us=2000),
-        ),
-        tiny_detector(root / "src" / "model.onnx", size=32, classes=len(LABELS)),
-    )  # fmt: skip
+    write_squares(repository, root)
     # The committed digit classifier in the same server: both tasks behind one core.
     shutil.copytree(REPO_ROOT / "model_repository" / "digits_fp32", repository / "digits_fp32")
     home, env = bentoml_env(

@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from runners.preprocessing import PreprocessSpec, decode_and_preprocess
 from runners.repository import Batching, ModelEntry, TensorSpec, write_model
-from tests.integration.test_detection_service import LABELS, canvas
+from tests.integration.squares import LABELS, canvas
 from tests.integration.test_triton import TritonProcess, launch, stop
 from tests.models import tiny_detector
 
