@@ -14,7 +14,7 @@ BOX_FIELDS = frozenset({"label", "index", "score", "box"})
 def detection_problem(answer: Any, width: int, height: int) -> str | None:
     """What is wrong with a `/v1/detect` answer for an image of `width` x `height` pixels, or
     None: a `detections` list of label, class index, score in [0, 1] and an x1 y1 x2 y2 box
-    inside the image (the task clips boxes to the image it was sent)."""
+    inside the image (the task clips boxes to the image it answers)."""
     if not isinstance(answer, dict) or not isinstance(answer.get("detections"), list):
         return "no detections list in the answer"
     for n, found in enumerate(answer["detections"]):

@@ -177,7 +177,7 @@ class Replica:
         task = get_task(entry.task)
         try:
             routed = self.versions.run(concat(parts))
-            # What each row's image was (None: sent as a tensor), for answers in its pixels.
+            # What the task kept of each row's image (None: a tensor row): boxes in its pixels.
             metas = [
                 meta
                 for part, (_, stats, _) in zip(parts, seen, strict=True)

@@ -137,8 +137,8 @@ def _bf16_speedup(fp32_onnx: Path, duration_s: float) -> float:
 
 
 def _fastest(performance: Sequence[PerfRow], variant: str, batch_size: int = 8) -> str:
-    """The backend measured fastest for a variant at `batch_size` (ONNX Runtime when it was
-    not measured: a variant the gate refused)."""
+    """The fastest backend the card's performance rows show for a variant at `batch_size`
+    (ONNX Runtime for a variant without rows: one the gate refused)."""
     rows = [r for r in performance if r.variant == variant and r.batch_size == batch_size]
     return max(rows, key=lambda r: r.images_per_s).backend if rows else "onnxruntime"
 
