@@ -156,7 +156,8 @@ class ImageClassifier:
             logger.error("prediction log: records still queued at exit were lost")
 
     async def __is_ready__(self) -> bool:
-        # BentoML's own runner probe after this answers a bare 500 when a runner is gone.
+        # The runners are probed here, with a short timeout each (BentoML's own probe, which
+        # answers a bare 500 when a runner is gone, is off: bentoml_compat.service_config).
         gateway = self.gateway
         return (
             gateway.ready

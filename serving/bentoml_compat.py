@@ -16,7 +16,8 @@ changes one fails there, naming it, rather than in production.
   arbiter that starts every worker), the listening socket the arbiter hands to a worker
   (its `--fd` argument), and the Prometheus multiprocess folder `bentoml serve` empties at
   start and names to every worker.
-- `service_config`: the service config keys that turn BentoML's per-request extras off.
+- `service_config`: the service config keys that turn BentoML's per-request extras and its
+  own runner probe off.
 """
 
 from __future__ import annotations
@@ -116,11 +117,16 @@ def service_config(trace_requests: bool = False) -> dict[str, Any]:
     BentoML's request metrics label by raw path (a random path is a new series) and its
     access log costs CPU per request: the project's own metrics replace the first, the second
     is off. Its OpenTelemetry middleware opens a span per request even with no exporter
-    configured, so tracing is opt-in (`trace_requests`).
+    configured, so tracing is opt-in (`trace_requests`). Its health endpoints probe the
+    runners again after the service's own answer, so that probe is off.
     """
     config: dict[str, Any] = {
         "metrics": {"enabled": False},
         "logging": {"access": {"enabled": False}},
+        # The entry's own readiness and liveness probe its runners (`Gateway.runners_alive`,
+        # a short timeout each); BentoML's second probe after it waits up to 5 s a runner,
+        # longer than a probe's client waits when the runners are busy.
+        "runner_probe": {"enabled": False},
     }
     if not trace_requests:
         config["tracing"] = {"excluded_urls": ["/"]}  # a pattern every path matches

@@ -52,6 +52,18 @@ def test_the_service_config_is_accepted_and_turns_the_extras_off() -> None:
     assert config["metrics"]["enabled"] is False
     assert config["logging"]["access"]["enabled"] is False
     assert config["tracing"]["excluded_urls"] == ["/"]
+    assert config["runner_probe"]["enabled"] is False
+
+
+def test_the_health_endpoints_probe_runners_only_when_the_runner_probe_is_on() -> None:
+    import _bentoml_impl.server.app as bentoml_app
+
+    assert "runner_probe.enabled" in inspect.getsource(bentoml_app.ServiceAppFactory.readyz)
+    probe: Any = _Probe
+    probe.inject_config()
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    assert BentoMLContainer.api_server_config.runner_probe.enabled.get() is False
 
 
 def test_serve_outermost_wraps_the_app_bentoml_builds() -> None:
