@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -285,27 +286,21 @@ def create_app(settings: ServingSettings) -> FastAPI:
         """A task's routes besides the classifier's (whose own above document top_k): one
         image, and several in one request, with the same body forms and errors."""
 
-        async def one(
-            request: Request,
-            model: ModelQuery = None,
-            variant: VariantQuery = None,
-            version: VersionQuery = None,
-        ) -> Response:
-            return await answer(
-                request, task.endpoint, model=model, variant=variant, top_k=None, many=False,
-                version=version,
-            )  # fmt: skip
+        def handler(endpoint: str, many: bool) -> Callable[..., Awaitable[Response]]:
+            async def route(
+                request: Request,
+                model: ModelQuery = None,
+                variant: VariantQuery = None,
+                version: VersionQuery = None,
+            ) -> Response:
+                return await answer(
+                    request, endpoint, model=model, variant=variant, top_k=None, many=many,
+                    version=version,
+                )  # fmt: skip
 
-        async def many(
-            request: Request,
-            model: ModelQuery = None,
-            variant: VariantQuery = None,
-            version: VersionQuery = None,
-        ) -> Response:
-            return await answer(
-                request, f"{task.endpoint}_batch", model=model, variant=variant, top_k=None,
-                many=True, version=version,
-            )  # fmt: skip
+            return route
+
+        one, many = handler(task.endpoint, False), handler(f"{task.endpoint}_batch", True)
 
         example, batch_example = TASK_EXAMPLES[task.name]
         app.add_api_route(

@@ -15,12 +15,12 @@ digit or canvas is ever seen in training or calibration.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from offline.digits import encode_png
 from runners.tasks.detection import pairwise_iou
 
 INK_FLOOR = 64  # a resized digit's pixels at or above this intensity make its box
@@ -45,12 +45,6 @@ class Canvases:
     def pngs(self) -> list[bytes]:
         """The canvases as clients send them."""
         return [encode_png(image) for image in self.images]
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -180,6 +180,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--measure-duration-s", type=float, default=1.0)
 
 
+def _batching(args: argparse.Namespace) -> Batching:
+    return Batching(
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=args.preferred_batch_sizes,
+        max_queue_delay_us=args.max_queue_delay_us,
+        max_queue_size=args.max_queue_size,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Import from parsed arguments; returns 0. Refusals raise ServingError subclasses
     (ModelImportError, AccuracyGateFailed) for the caller's one error handler."""
@@ -187,12 +196,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "detection":
         return _run_detection(args, overrides)
     try:
-        batching = Batching(
-            max_batch_size=args.max_batch_size,
-            preferred_batch_sizes=args.preferred_batch_sizes,
-            max_queue_delay_us=args.max_queue_delay_us,
-            max_queue_size=args.max_queue_size,
-        )
+        batching = _batching(args)
         thresholds = GateThresholds(
             max_drop_points=GateThresholds().max_drop_points
             if args.max_drop_points is None
@@ -236,12 +240,7 @@ def _run_detection(args: argparse.Namespace, overrides: dict[str, object]) -> in
     from offline.importing.detection import import_detector
 
     try:
-        batching = Batching(
-            max_batch_size=args.max_batch_size,
-            preferred_batch_sizes=args.preferred_batch_sizes,
-            max_queue_delay_us=args.max_queue_delay_us,
-            max_queue_size=args.max_queue_size,
-        )
+        batching = _batching(args)
         parameters = DetectionParameters(
             score_threshold=args.score_threshold,
             iou_threshold=args.iou_threshold,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from offline.detection.canvases import encode_png
+from offline.digits import encode_png
 from runners.preprocessing import PreprocessSpec
 from runners.repository import CARD_JSON, Batching, ModelEntry, TensorSpec, write_model
 from tests.models import tiny_detector

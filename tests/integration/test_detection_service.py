@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from offline.data import load_heldout
-from offline.detection.canvases import encode_png
+from offline.digits import encode_png
 from runners.model import LoadedModel
 from runners.preprocessing import decode_and_preprocess
 from runners.repository import read_model
