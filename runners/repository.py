@@ -289,12 +289,44 @@ def _rollout(config: Any, served: list[int], source: str) -> tuple[int, Rollout 
     return champion, rollout
 
 
+# How often a reader starts over when the directory it reads is swapped under it.
+_READ_ATTEMPTS = 5
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    """Which directory the path names now (device, inode); None when nothing is there."""
+    try:
+        found = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def read_model(directory: Path, name: str | None = None, version: int | None = None) -> ModelEntry:
     """Read one model directory; every inconsistency is a RepositoryError naming the file.
 
     `name` is the model name when the folder is not yet named after it (a staging folder);
     `version` reads that version folder whatever the config's policy says (one being written).
+
+    A writer replaces a directory whole (`write_model` swaps it into place), but a read takes
+    several steps: the config, the version folders, the labels. A read that spans a swap could
+    pair one directory's config with the other's folders, so the read checks that the path
+    still names the directory it started on, and starts over when it does not.
     """
+    for _ in range(_READ_ATTEMPTS):
+        before = _identity(directory)
+        try:
+            entry = _read_model_once(directory, name, version)
+        except (RepositoryError, OSError):
+            if _identity(directory) == before:
+                raise
+            continue
+        if _identity(directory) == before:
+            return entry
+    raise RepositoryError(f"{directory} was replaced {_READ_ATTEMPTS} times while it was read")
+
+
+def _read_model_once(directory: Path, name: str | None, version: int | None) -> ModelEntry:
     name = name or directory.name
     config_path = directory / CONFIG_FILE
     source = str(config_path)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from runners import repository
 from runners.model import LoadedModel
 from runners.repository import ModelEntry, Rollout, read_model, write_model
 from runners.versions import ANSWERED, NOT_LOADED, VersionSet, route_columns
@@ -90,3 +92,28 @@ def test_a_version_that_fails_to_load_leaves_the_state_as_it_was(tmp_path: Path)
     assert not versions.refresh()
     assert versions.versions == (1,) and versions.last_error
     assert (versions.run(rows(2, None, 0.1)).versions == 1).all()
+
+
+def test_a_read_that_spans_a_promotion_sees_one_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion swaps the directory between a reader's config and its version folders: the
+    reader starts over on the new directory instead of pairing the old config (versions 1 and
+    2) with the new folders (version 2 alone)."""
+    entry, first, second = published(tmp_path)
+    rollout = Rollout(challenger=2, canary_share=0.5)
+    write_model(entry.model_copy(update={"rollout": rollout}), first, challenger_file=second)
+    parse = repository.parse_config
+    swaps: list[str] = []
+
+    def parse_then_promote(text: str, source: str = "") -> object:
+        config = parse(text, source)
+        if not swaps and source.startswith(str(entry.directory)):
+            swaps.append(source)
+            write_model(entry.model_copy(update={"version": 2}), second)
+        return config
+
+    monkeypatch.setattr(repository, "parse_config", parse_then_promote)
+    read = read_model(entry.directory)
+    assert swaps, "the promotion ran inside the read"
+    assert (read.version, read.versions, read.rollout) == (2, (2,), None)
