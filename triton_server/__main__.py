@@ -3,6 +3,7 @@
 python -m triton_server [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
                         [--latency-metrics-port 8003] [--host 127.0.0.1]
                         [--repository model_repository] [--models digits ...]
+                        [--mode pytriton|native]
 
 Flags override `IMGSERVE_*` environment variables, which override `serving.toml`.
 SIGTERM drains (not ready, `IMGSERVE_DRAIN_DELAY_S` more serving, new requests refused, the
@@ -33,6 +34,7 @@ _FLAGS = {
     "latency_metrics_port": "latency_metrics_port",
     "repository": "repository",
     "models": "models",
+    "mode": "triton_mode",
 }
 
 
@@ -49,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--repository", type=Path, help="model repository root")
     parser.add_argument("--models", nargs="+", help="model families to serve (default: all)")
+    parser.add_argument(
+        "--mode",
+        choices=("pytriton", "native"),
+        help="pytriton (default): batches run in this process behind PyTriton's proxy; "
+        "native: in tritonserver's Python backend stubs",
+    )
     args = vars(parser.parse_args(argv))
     return {_FLAGS[k]: v for k, v in args.items() if v is not None}
 

@@ -3,8 +3,10 @@
     with TritonFrontEnd(TritonSettings(triton_http_port=9000, ...)) as server:
         server.wait()            # or send requests to server.http_url / server.grpc_url
 
-PyTriton starts the `tritonserver` binary it ships, with one Python-backend model per entry;
-the model's inference callables (one per instance of `instance_group`) run in this process.
+PyTriton starts the `tritonserver` binary it ships, with one Python-backend model per entry.
+In PyTriton mode (the default) the model's inference callables (one per instance of
+`instance_group`) run in this process, behind PyTriton's proxy; in native mode
+(`triton_mode`, `triton_server.native`) each model's stub runs the batch itself.
 `request_drain` (what SIGTERM calls) makes `wait` drain the server (`triton_server.drain`)
 and return; leaving the `with` block stops it.
 """
@@ -20,6 +22,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import TracebackType
 
 import psutil  # a dependency of BentoML's, which this project installs
@@ -38,7 +41,7 @@ from runners.settings import BackendSettings
 from runners.versions import VersionSet
 from triton_server import drain as triton_drain
 from triton_server import model as triton_model
-from triton_server import pytriton_compat, readiness
+from triton_server import native, pytriton_compat, readiness
 from triton_server.latency import SUMMARY_METRICS_CONFIG, LatencyMetrics, MetricsEndpoint
 from triton_server.settings import TritonSettings
 
@@ -220,23 +223,11 @@ class TritonFrontEnd:
                 self.http_url,
                 readiness.LOADING,
             )
-            log_settings = PredictionLogSettings()
-            if log_settings.prediction_log:
-                self.predictions = PredictionLog(log_settings, self.metrics.count_prediction_log)
-            for entry in self.entries:
-                versions = VersionSet(entry, self._load)
-                self.versions[entry.name] = versions
-                logger.info(
-                    "loaded %s (%s, %s), versions %s, with %s",
-                    entry.name,
-                    entry.family,
-                    entry.variant,
-                    ", ".join(map(str, versions.versions)),
-                    self._backend_of(versions),
-                )
-            self._start_latency_metrics()
-            for entry in self.entries:
-                self._bind(triton, entry)
+            if self.native:
+                # The stubs load the engines when tritonserver loads the models below.
+                self._write_native_models(store)
+            else:
+                self._load_in_process(triton)
             # Loaded together, as tritonserver loads its store at start-up.
             names = [entry.name for entry in self.entries]
             with ThreadPoolExecutor(max_workers=len(names)) as pool:
@@ -244,7 +235,8 @@ class TritonFrontEnd:
             for name, (status, answer) in zip(names, answers, strict=True):
                 if status != 200:
                     raise RuntimeError(f"tritonserver could not load {name}: {answer}")
-            pytriton_compat.set_up_models(triton)
+            if not self.native:
+                pytriton_compat.set_up_models(triton)
             # From the moment readiness can turn 200, SIGTERM drains (after `start`).
             self._serving = True
             gate.open(STARTUP_TIMEOUT_S)
@@ -252,7 +244,7 @@ class TritonFrontEnd:
             self.remember_shared_memory()
             for versions in self.versions.values():
                 versions.start()  # follow the repository: rollouts (runners.versions)
-            if settings.rollout_controller:
+            if settings.rollout_controller and not self.native:
                 self._start_controller()
         except BaseException:
             self.stop()
@@ -266,6 +258,56 @@ class TritonFrontEnd:
             f", latency histograms {self.latency_metrics_url}" if self._endpoint else "",
         )
         return self
+
+    @property
+    def native(self) -> bool:
+        """Native mode: batches run in tritonserver's stubs (`triton_server.native`)."""
+        return self.settings.triton_mode == "native"
+
+    def _load_in_process(self, triton: Triton) -> None:
+        """PyTriton mode: load every entry's versions here and bind them to PyTriton."""
+        log_settings = PredictionLogSettings()
+        if log_settings.prediction_log:
+            self.predictions = PredictionLog(log_settings, self.metrics.count_prediction_log)
+        for entry in self.entries:
+            versions = VersionSet(entry, self._load)
+            self.versions[entry.name] = versions
+            logger.info(
+                "loaded %s (%s, %s), versions %s, with %s",
+                entry.name,
+                entry.family,
+                entry.variant,
+                ", ".join(map(str, versions.versions)),
+                self._backend_of(versions),
+            )
+        self._start_latency_metrics()
+        for entry in self.entries:
+            self._bind(triton, entry)
+
+    def _write_native_models(self, store: Path) -> None:
+        """Native mode: each entry's Python-backend model in the server's model store."""
+        for entry in self.entries:
+            native.write_model(
+                store,
+                entry,
+                self.backend_settings,
+                self.settings.image_limits,
+                batching=self.settings.batching,
+            )
+        unsupported = []
+        if PredictionLogSettings().prediction_log:
+            unsupported.append("the prediction log is not written")
+        if self.settings.rollout_controller:
+            unsupported.append(
+                "no rollout controller runs, and each stub serves the versions its model "
+                "named when it loaded"
+            )
+        logger.info(
+            "native mode: %s run in tritonserver's Python backend stubs, latency histograms "
+            "on Triton's metrics port%s",
+            ", ".join(entry.name for entry in self.entries),
+            "".join(f"; {why}" for why in unsupported),
+        )
 
     def _start_latency_metrics(self) -> None:
         """The launcher's histograms (`triton_server.latency`) on their own port."""

@@ -10,6 +10,7 @@ model's `config.pbtxt` is their single source of truth.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -25,6 +26,11 @@ class TritonSettings(ProjectSettings):
     )
     models: tuple[str, ...] = Field(
         default=(), description="Model families to serve; empty serves every family."
+    )
+    triton_mode: Literal["pytriton", "native"] = Field(
+        default="pytriton",
+        description="pytriton: batches run in this process behind PyTriton's proxy; native: "
+        "in tritonserver's Python backend stubs, no proxy (triton_server/native.py).",
     )
     batching: bool = Field(
         default=True,

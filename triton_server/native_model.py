@@ -1,0 +1,139 @@
+"""The native-mode model as tritonserver's Python backend stub runs it (`triton_server.native`).
+
+The one module that speaks `triton_python_backend_utils`: it loads the entry's versions in
+the stub process (`runners.versions.VersionSet`, the shared engines), turns each batch's
+`pb_utils` requests into the numpy form of `triton_server.model.Replica` (the per-batch
+logic both modes share: decode one image per row, route versions, split the answer), and
+turns each request's answer back into its own `InferenceResponse`: its outputs, or its
+error as a `TritonError` with the code its `ServingError` carries, for that request alone.
+
+Latency histograms (`imgserve_triton_compute_ms`, `imgserve_triton_batch_rows`) are custom
+metrics of the Python backend (`pb_utils.MetricFamily`), on Triton's own metrics port.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # only inside the stub
+
+from lifecycle.metrics import VersionMetrics
+from runners.model import LoadedModel
+from runners.preprocessing import ImageLimits
+from runners.repository import ModelEntry, read_model
+from runners.settings import BackendSettings
+from runners.versions import VersionSet
+from triton_server import native
+from triton_server.errors import ERROR_OUTPUT
+from triton_server.latency import BATCH_ROWS_BUCKETS, LATENCY_BUCKETS_MS
+from triton_server.model import Replica
+
+logger = logging.getLogger("triton_server")
+
+
+@dataclass
+class NativeRequest:
+    """One request as `Replica` reads it: its inputs by name and its parameters."""
+
+    data: dict[str, np.ndarray]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def to_request(request: Any) -> NativeRequest:
+    """A `pb_utils.InferenceRequest` as numpy arrays and a parameters dict."""
+    data = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
+    try:
+        parameters = json.loads(request.parameters() or "{}")
+    except ValueError:
+        parameters = {}
+    return NativeRequest(data, parameters if isinstance(parameters, dict) else {})
+
+
+def to_response(answer: dict[str, np.ndarray]) -> Any:
+    """One request's `InferenceResponse`: its outputs, or its error alone."""
+    if ERROR_OUTPUT in answer:
+        code, message = (bytes(v).decode("utf-8", "replace") for v in answer[ERROR_OUTPUT][:2])
+        codes = pb_utils.TritonError
+        return pb_utils.InferenceResponse(
+            output_tensors=[], error=codes(message, getattr(codes, code, codes.INTERNAL))
+        )
+    tensors = []
+    for name, array in answer.items():
+        # BYTES travel as object arrays of bytes.
+        value = array.astype(np.object_) if array.dtype.kind in "SU" else array
+        tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(value)))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+class _Histograms:
+    """The batch histograms as Python-backend custom metrics of one model."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        kind = pb_utils.MetricFamily.HISTOGRAM
+        self._families = [
+            pb_utils.MetricFamily(
+                name="imgserve_triton_compute_ms",
+                description="Triton: compute time of one batch in the model (decoding its "
+                "images included), in ms.",
+                kind=kind,
+            ),
+            pb_utils.MetricFamily(
+                name="imgserve_triton_batch_rows",
+                description="Triton: rows per batch run by the backend (all requests of one "
+                "dynamic batch).",
+                kind=kind,
+            ),
+        ]
+        compute, rows = self._families
+        self.compute_ms = compute.Metric(labels=labels, buckets=list(LATENCY_BUCKETS_MS))
+        self.rows = rows.Metric(labels=labels, buckets=[float(b) for b in BATCH_ROWS_BUCKETS])
+
+    def observe(self, count: int, seconds: float) -> None:
+        self.rows.observe(float(count))
+        self.compute_ms.observe(seconds * 1000)
+
+
+class NativeModel:
+    """One model instance in its stub: the entry's loaded versions and its replica."""
+
+    def __init__(self, args: dict[str, str]) -> None:
+        parameters = native.parameters(args["model_config"])
+        entry = read_model(Path(parameters[native.DIRECTORY]))
+        if parameters.get(native.BATCHING) == "false":
+            entry = entry.model_copy(update={"batching": entry.batching.off()})
+        self.entry: ModelEntry = entry
+        backend = BackendSettings(**json.loads(parameters[native.BACKEND]))
+        limits = ImageLimits.model_validate_json(parameters[native.LIMITS])
+
+        def load(at: ModelEntry) -> LoadedModel:
+            return LoadedModel.load(at, settings=backend)
+
+        self.versions = VersionSet(entry, load)
+        champion = self.versions.state.models[self.versions.state.champion]
+        self.histograms = _Histograms(
+            {"model": entry.family, "variant": entry.variant, "backend": champion.backend.name}
+        )
+        # The per-version series stay in this stub: native mode runs no rollout controller.
+        self.replica = Replica(self.versions, limits, VersionMetrics(_registry()), self.observe)
+
+    def observe(self, count: int, seconds: float) -> None:
+        self.histograms.observe(count, seconds)
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        answers = self.replica([to_request(request) for request in requests])
+        return [to_response(answer) for answer in answers]
+
+    def finalize(self) -> None:
+        """Nothing to release: the engines go with the stub process."""
+
+
+def _registry() -> Any:
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
