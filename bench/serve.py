@@ -6,7 +6,9 @@ loopback ports, it starts:
 - the BentoML service (`service:ImageClassifier`, as `make serve` runs it);
 - BentoML's floor: a trivial endpoint with no model (`bench.trivial_service`);
 - the plain baseline: FastAPI + ONNX Runtime, one request one inference (`bench.baseline`);
-- Triton (`python -m triton_server`), over HTTP and gRPC (KServe v2).
+- Triton (`python -m triton_server`), over HTTP and gRPC (KServe v2), in both modes: PyTriton
+  (batches run in the launcher, behind PyTriton's proxy) and native (in tritonserver's Python
+  backend stubs, `triton_server.native`).
 
 Every contender gets the same Locust load (`--users` users, held-out digits as PNG) in
 alternating rounds, and each figure is the median round, so a burst of other load on this
@@ -90,7 +92,9 @@ class Report(BaseModel):
     targets: list[Target]
 
 
-def contenders(profiles: bool, triton_grpc: str, detector: bool = False) -> list[Contender]:
+def contenders(
+    profiles: bool, triton_grpc: str, detector: bool = False, native_grpc: str | None = None
+) -> list[Contender]:
     found = [
         Contender("service", "service", "UploadUser"),
         Contender("service (raw body)", "service", "DigitUser"),
@@ -98,6 +102,16 @@ def contenders(profiles: bool, triton_grpc: str, detector: bool = False) -> list
         Contender("plain baseline", "baseline", "UploadUser"),
         Contender("triton http", "triton", "TritonHttpUser"),
         Contender("triton grpc", "triton", "TritonGrpcUser", ("--grpc", triton_grpc)),
+        *(
+            [
+                Contender("triton native http", "triton-native", "TritonHttpUser"),
+                Contender(
+                    "triton native grpc", "triton-native", "TritonGrpcUser", ("--grpc", native_grpc)
+                ),
+            ]
+            if native_grpc
+            else []
+        ),
         Contender(
             "service batch",
             "service",
@@ -175,9 +189,15 @@ def targets(report: Report) -> list[Target]:
     found.append(Target(what="service errors", value=service.errors, target="== 0",
                         met=service.errors == 0))  # fmt: skip
     ratio("batch endpoint / single (images/s)", "service batch", "service", 8.0)
-    fronts = ("service", "service (raw body)", "triton http", "triton grpc")
+    fronts = ("service", "service (raw body)", "triton http", "triton grpc",
+              "triton native http", "triton native grpc")  # fmt: skip
     best = max((cells[c] for c in fronts if c in cells), key=lambda c: c.requests_per_s)
     ratio(f"best front end ({best.name}) / plain baseline", best.name, "plain baseline", 2.0)
+    for protocol in ("http", "grpc"):
+        native = f"triton native {protocol}"
+        ratio(f"{native} / plain baseline (req/s)", native, "plain baseline", 1.0)
+        ratio(f"{native} / service (req/s)", native, "service", 0.9)
+        ratio(f"{native} / triton {protocol} (PyTriton)", native, f"triton {protocol}", 1.0)
     for name, raw in report.raw_images_per_s.items():
         if name in cells:
             value = cells[name].images_per_s / raw
@@ -207,6 +227,13 @@ def run(args: argparse.Namespace, work: Path) -> Report:
         ),
         "baseline": lambda: servers.baseline(repository / "digits_fp32", work / "baseline.log"),
         "triton": lambda: servers.triton(repository, ["digits"], work / "triton.log"),
+        "triton-native": lambda: servers.triton(
+            repository,
+            ["digits"],
+            work / "triton-native.log",
+            name="triton-native",
+            env={"IMGSERVE_TRITON_MODE": "native"},
+        ),
     }
     if profiles:  # the cold-start target is the default model's: time that one alone too
         alone = servers.bentoml("service:ImageClassifier", work / "alone.log",
@@ -237,7 +264,9 @@ def measure(
     *,
     detector: bool = False,
 ) -> Report:
-    chosen = contenders(profiles, started["triton"].extra["grpc"], detector)
+    native = started.get("triton-native")
+    native_grpc = native.extra["grpc"] if native else None
+    chosen = contenders(profiles, started["triton"].extra["grpc"], detector, native_grpc)
     idle_rss = {name: s.rss_mb() for name, s in started.items()}
     for contender in chosen:  # warm-up: connection pools, lazy imports, first batches
         run_locust(started[contender.server].url, contender.user, args.users, 2.0,

@@ -20,7 +20,7 @@ def test_bench_serve_quick_run(tmp_path: Path) -> None:
     cells = {c["name"]: c for c in report["cells"]}
     assert set(cells) == {
         "service", "service (raw body)", "bentoml trivial", "plain baseline", "triton http",
-        "triton grpc", "service batch",
+        "triton grpc", "triton native http", "triton native grpc", "service batch",
     }  # fmt: skip
     for name, c in cells.items():
         assert c["requests_per_s"] > 0, name
