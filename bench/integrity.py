@@ -1,6 +1,7 @@
 """Every answer is its own request's: many concurrent requests to Triton, each one checked.
 
     python -m bench.integrity [--requests 200000] [--concurrency 32] [--protocols http grpc]
+                              [--mode pytriton|native]
 
 It starts Triton (`python -m triton_server`) on the committed digits repository and first
 asks it, one request at a time, for each held-out image's answer (label and scores): the
@@ -176,9 +177,14 @@ async def hammer(
 
 
 def run(
-    requests: int, concurrency: int, protocols: Sequence[str], images: int = 1000
+    requests: int,
+    concurrency: int,
+    protocols: Sequence[str],
+    images: int = 1000,
+    mode: str = "pytriton",
 ) -> list[Tally]:
-    """Start Triton, take the reference, then hammer each protocol; Triton stops at the end."""
+    """Start Triton in `mode` (`TritonSettings.triton_mode`), take the reference, then hammer
+    each protocol; Triton stops at the end."""
     heldout, _ = load_heldout()
     pngs = [encode_png(image) for image in heldout[:images]]
     with tempfile.TemporaryDirectory(prefix="bench-integrity-") as tmp:
@@ -186,7 +192,7 @@ def run(
             servers.REPO_ROOT / "model_repository",
             ["digits"],
             Path(tmp) / "triton.log",
-            env={"IMGSERVE_DATA_DIR": tmp},
+            env={"IMGSERVE_DATA_DIR": tmp, "IMGSERVE_TRITON_MODE": mode},
         )
         try:
             http, grpc = server.url.removeprefix("http://"), server.extra["grpc"]
@@ -215,21 +221,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--protocols", nargs="+", choices=("http", "grpc"), default=["http", "grpc"]
     )
+    parser.add_argument(
+        "--mode", choices=("pytriton", "native"), default="pytriton", help="Triton's mode"
+    )
     parser.add_argument("--out", type=Path, default=results.default_out("integrity"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     log.info("%s", describe_machine())
-    tallies = run(args.requests, args.concurrency, args.protocols)
+    tallies = run(args.requests, args.concurrency, args.protocols, mode=args.mode)
     failed = False
     for tally in tallies:
         summary = tally.summary()
         met = summary["errors"] == 0 and summary["wrong"] == 0 and summary["right"] == tally.sent
         failed |= not met
         log.info(
-            "Triton %s: %d requests, %d concurrent: %d right, %d wrong, %d errors, %.0f req/s "
-            "(target 0 wrong and 0 errors: %s)",
-            tally.protocol, tally.sent, args.concurrency, tally.right, tally.wrong,
+            "Triton (%s) %s: %d requests, %d concurrent: %d right, %d wrong, %d errors, "
+            "%.0f req/s (target 0 wrong and 0 errors: %s)",
+            args.mode, tally.protocol, tally.sent, args.concurrency, tally.right, tally.wrong,
             summary["errors"], summary["requests_per_s"], "met" if met else "NOT MET",
         )  # fmt: skip
         for example in tally.examples:
@@ -239,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "integrity",
         {
             "model": MODEL,
+            "mode": args.mode,
             "concurrency": args.concurrency,
             "protocols": [t.summary() for t in tallies],
         },
