@@ -2,7 +2,8 @@
 count out, boxes in each image's own pixels (tensor rows: the input's pixels).
 
 The hand-built square detector of `tests.models.tiny_detector` on its own real
-`tritonserver` (as `make serve-triton` starts it), so the boxes are known exactly."""
+`tritonserver` (as `make serve-triton` starts it), in PyTriton mode and in native mode, so
+the boxes are known exactly."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ MOST = 8
 SPEC = PreprocessSpec(height=32, width=32, color_mode="L", resize="letterbox", resample="nearest")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+@pytest.fixture(scope="module", params=["pytriton", "native"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonProcess]:
+    """The detector in each Triton mode (`IMGSERVE_TRITON_MODE`)."""
     root = tmp_path_factory.mktemp("triton_detection")
     repository = root / "repo"
     write_model(
@@ -42,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
         ),
         tiny_detector(root / "src" / "model.onnx", size=32, classes=len(LABELS)),
     )  # fmt: skip
-    running = launch(repository, root / "server.log")
+    running = launch(repository, root / "server.log", {"IMGSERVE_TRITON_MODE": request.param})
     try:
         yield running
     finally:
