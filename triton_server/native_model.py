@@ -7,8 +7,11 @@ logic both modes share: decode one image per row, route versions, split the answ
 turns each request's answer back into its own `InferenceResponse`: its outputs, or its
 error as a `TritonError` with the code its `ServingError` carries, for that request alone.
 
-Latency histograms (`imgserve_triton_compute_ms`, `imgserve_triton_batch_rows`) are custom
-metrics of the Python backend (`pb_utils.MetricFamily`), on Triton's own metrics port.
+Latency histograms (`imgserve_triton_compute_ms`, `imgserve_triton_batch_rows`) and the
+prediction log's record counter are custom metrics of the Python backend
+(`pb_utils.MetricFamily`), on Triton's own metrics port. Each stub process has its own
+prediction log (`monitoring.predictionlog`: a queue, a sender thread and a writer process),
+closed when the model unloads, so a drain writes what is queued.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # only inside the stub
 
 from lifecycle.metrics import VersionMetrics
+from monitoring.predictionlog import PredictionLog
+from monitoring.settings import PredictionLogSettings
 from runners.model import LoadedModel
 from runners.preprocessing import ImageLimits
 from runners.repository import ModelEntry, read_model
@@ -99,6 +104,25 @@ class _Histograms:
         self.compute_ms.observe(seconds * 1000)
 
 
+class _RecordCounter:
+    """The prediction log's records by outcome, as a Python-backend custom counter."""
+
+    def __init__(self) -> None:
+        self._family = pb_utils.MetricFamily(
+            name="imgserve_prediction_log_records",
+            description="Prediction log records: written, dropped (its queue was full) or "
+            "failed (the database refused them).",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self._metrics: dict[str, Any] = {}
+
+    def __call__(self, outcome: str, count: int) -> None:
+        metric = self._metrics.get(outcome)
+        if metric is None:
+            metric = self._metrics[outcome] = self._family.Metric(labels={"outcome": outcome})
+        metric.increment(float(count))
+
+
 class NativeModel:
     """One model instance in its stub: the entry's loaded versions and its replica."""
 
@@ -119,8 +143,14 @@ class NativeModel:
         self.histograms = _Histograms(
             {"model": entry.family, "variant": entry.variant, "backend": champion.backend.name}
         )
+        log_settings = PredictionLogSettings()
+        self.predictions = (
+            PredictionLog(log_settings, _RecordCounter()) if log_settings.prediction_log else None
+        )
         # The per-version series stay in this stub: native mode runs no rollout controller.
-        self.replica = Replica(self.versions, limits, VersionMetrics(_registry()), self.observe)
+        self.replica = Replica(
+            self.versions, limits, VersionMetrics(_registry()), self.observe, self.predictions
+        )
 
     def observe(self, count: int, seconds: float) -> None:
         self.histograms.observe(count, seconds)
@@ -130,7 +160,9 @@ class NativeModel:
         return [to_response(answer) for answer in answers]
 
     def finalize(self) -> None:
-        """Nothing to release: the engines go with the stub process."""
+        """Write what the prediction log has queued; the engines go with the process."""
+        if self.predictions is not None and not self.predictions.close():
+            logger.error("prediction log: records still queued at exit were lost")
 
 
 def _registry() -> Any:

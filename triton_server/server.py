@@ -295,16 +295,14 @@ class TritonFrontEnd:
                 batching=self.settings.batching,
             )
         unsupported = []
-        if PredictionLogSettings().prediction_log:
-            unsupported.append("the prediction log is not written")
         if self.settings.rollout_controller:
             unsupported.append(
                 "no rollout controller runs, and each stub serves the versions its model "
                 "named when it loaded"
             )
         logger.info(
-            "native mode: %s run in tritonserver's Python backend stubs, latency histograms "
-            "on Triton's metrics port%s",
+            "native mode: %s run in tritonserver's Python backend stubs, each with its own "
+            "prediction log; latency histograms on Triton's metrics port%s",
             ", ".join(entry.name for entry in self.entries),
             "".join(f"; {why}" for why in unsupported),
         )

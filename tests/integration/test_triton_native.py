@@ -4,7 +4,8 @@ Every test of `test_triton` (and the bad-input tests it runs) runs again here, u
 against a server started with `IMGSERVE_TRITON_MODE=native` on the same test repository: the
 clients cannot tell the modes apart. What differs is tested beside them: the latency
 histograms (custom metrics of the Python backend, on Triton's own metrics port), readiness
-while the stubs load the engines, and the drain on SIGTERM under load.
+while the stubs load the engines, the prediction log written from the stubs, and the drain
+on SIGTERM under load.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from monitoring.settings import PredictionLogSettings
 from runners.repository import Repository
 from tests.integration import test_shutdown, test_triton
 from tests.integration.conftest import REPO_ROOT, free_port
+from tests.integration.test_prediction_log import rows
 from tests.integration.test_shutdown import digits as shutdown_digits  # noqa: F401
 from tests.integration.test_triton import (  # noqa: F401
     TritonProcess,
     digits,
+    image_input,
     launch,
     local,
     repository,
@@ -164,6 +168,48 @@ def test_native_is_ready_only_once_every_model_is_loaded(
     finally:
         stop(running)
     assert process.returncode == 0, log.read_text()[-3000:]
+
+
+def test_native_prediction_log_records_each_answer_from_the_stubs(
+    repository: Repository,  # noqa: F811
+    tmp_path: Path,
+    digits: tuple[np.ndarray, list[bytes]],  # noqa: F811
+) -> None:
+    """Each stub writes its own answers to the prediction log; the drain at SIGTERM writes
+    what is queued."""
+    data = tmp_path / "data"
+    env = {**NATIVE, "IMGSERVE_DATA_DIR": str(data)}
+    running = launch(repository.root, tmp_path / "server.log", env)
+    _, blobs = digits
+    try:
+        http = httpclient.InferenceServerClient(running.http)
+        grpc = grpcclient.InferenceServerClient(running.grpc)
+        labels = {}
+        for i in range(3):
+            answer = http.infer(
+                "digits_fp32",
+                image_input(httpclient, [blobs[i]]),
+                parameters={"request_id": f"native-http-{i}"},
+            )
+            labels[f"native-http-{i}"] = answer.as_numpy("label")[0, 0].decode()
+        answer = grpc.infer(
+            "digits_int8",
+            image_input(grpcclient, [blobs[3]]),
+            parameters={"request_id": "native-grpc"},
+        )
+        labels["native-grpc"] = answer.as_numpy("label")[0, 0].decode()
+        # A tensor request has no image to log.
+        http.infer("digits_fp32", tensor_input(httpclient, np.zeros((1, 1, 28, 28), np.float32)))
+    finally:
+        stop(running)
+    assert running.process.returncode == 0, running.log.read_text()[-3000:]
+    logged = {row["request_id"]: row for row in rows(PredictionLogSettings(data_dir=data).url)}
+    assert set(logged) == set(labels), running.log.read_text()[-3000:]
+    for request_id, label in labels.items():
+        row = logged[request_id]
+        variant = "int8" if request_id == "native-grpc" else "fp32"
+        assert (row["variant"], row["version"], row["format"]) == (variant, 1, "PNG")
+        assert (row["label"], row["outcome"]) == (label, "ok")
 
 
 def test_native_drains_on_sigterm_under_load(
