@@ -163,6 +163,14 @@ def repository_access(triton: Triton) -> tuple[Path, dict[str, str]]:
     return store, headers
 
 
+def grpc_headers(triton: Triton) -> dict[str, str]:
+    """The headers of the model-repository API over gRPC (PyTriton restricts it too)."""
+    from pytriton.client.auth import create_auth_headers
+
+    token = triton.get_access_token()
+    return create_auth_headers(token, "grpc") if token else {}
+
+
 def launch(triton: Triton) -> None:
     """Start tritonserver; return at once (it loads its model store, then listens)."""
     run_server = getattr(triton, "_run_server", None)

@@ -13,7 +13,8 @@ launcher writes:
 - `LOADING` (`LoadingGate`): tritonserver starts with it alone in the store, as a folder
   with a config and no version. Loading it fails at once (no stub process starts) and holds
   the server not ready, though live and listening. Then the gate gets a version, a Python
-  model whose load lasts until the launcher lets it go, and is loaded in the background: its
+  model whose load lasts until the launcher lets it go, and is loaded in the background
+  (over gRPC: `TritonRepository.load_apart` says why): its
   stub starts while the launcher loads and warms the engines and then the real models. Once
   every real model is set up, the launcher lets it go and unloads it: unloaded on purpose, it
   no longer counts, and the server is ready.
@@ -84,11 +85,20 @@ OPENED = "open"
 
 
 class TritonRepository:
-    """The few calls of Triton's HTTP health and model-repository API the launcher makes."""
+    """The few calls of Triton's HTTP health and model-repository API the launcher makes,
+    and with `grpc_url`, the loading gate's load over gRPC (`load_apart`)."""
 
-    def __init__(self, url: str, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        grpc_url: str | None = None,
+        grpc_headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.headers = dict(headers)
+        self.grpc_url = grpc_url
+        self.grpc_headers = dict(grpc_headers or {})
 
     def _call(
         self, method: str, path: str, body: Any = None, timeout_s: float = REQUEST_TIMEOUT_S
@@ -122,6 +132,28 @@ class TritonRepository:
     def load(self, model: str) -> tuple[int, Any]:
         """Returns once the model is loaded (or failed to)."""
         return self._call("POST", f"/v2/repository/models/{model}/load", {}, LOAD_TIMEOUT_S)
+
+    def load_apart(self, model: str) -> tuple[int, Any]:
+        """A load that lasts (the loading gate's), over gRPC when `grpc_url` is known.
+
+        tritonserver 2.51 runs an HTTP load in the HTTP worker thread that read it, and that
+        thread serves none of its other connections until the load ends (upstream server
+        issue #8958). A new connection is handed to one of the workers, so a model's load
+        sent over HTTP while the gate's load holds a worker can wait on the gate, which waits
+        for that model: the start hangs. Over gRPC the gate holds no HTTP worker."""
+        if self.grpc_url is None:
+            return self.load(model)
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            client.load_model(model, headers=self.grpc_headers, client_timeout=LOAD_TIMEOUT_S)
+        except InferenceServerException as exc:
+            return 400, exc.message()
+        finally:
+            client.close()
+        return 200, None
 
     def unload(self, model: str) -> tuple[int, Any]:
         return self._call("POST", f"/v2/repository/models/{model}/unload", {})
@@ -190,7 +222,7 @@ class LoadingGate:
 
         def load() -> None:
             try:
-                self._answer = self.repository.load(LOADING)
+                self._answer = self.repository.load_apart(LOADING)
             except OSError as exc:  # the load goes on in tritonserver; `open` watches it
                 self._answer = (0, str(exc))
 

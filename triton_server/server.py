@@ -209,7 +209,12 @@ class TritonFrontEnd:
         self._triton = triton
         try:
             store, headers = pytriton_compat.repository_access(triton)
-            repository = readiness.TritonRepository(self.http_url, headers)
+            repository = readiness.TritonRepository(
+                self.http_url,
+                headers,
+                grpc_url=self.grpc_url,
+                grpc_headers=pytriton_compat.grpc_headers(triton),
+            )
             gate = readiness.LoadingGate(repository, store)
             self._gate = gate
             gate.close()
