@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # only inside the stub
 
-from lifecycle.metrics import VersionMetrics
+from lifecycle.metrics import LATENCY_BUCKETS_MS as VERSION_BUCKETS_MS
+from lifecycle.metrics import SCORE_DIFFERENCE_BUCKETS, VersionMetrics
 from monitoring.predictionlog import PredictionLog
 from monitoring.settings import PredictionLogSettings
 from runners.model import LoadedModel
@@ -123,6 +124,97 @@ class _RecordCounter:
         metric.increment(float(count))
 
 
+class _Series:
+    """One Python-backend metric family and its metrics by label values, created on first
+    use and kept (a `pb_utils.Metric` that is garbage-collected leaves the family)."""
+
+    def __init__(self, name: str, description: str, kind: Any, buckets: Any = None) -> None:
+        self.family = pb_utils.MetricFamily(name=name, description=description, kind=kind)
+        self.buckets = None if buckets is None else [float(b) for b in buckets]
+        self.metrics: dict[tuple[tuple[str, str], ...], Any] = {}
+
+    def __call__(self, **labels: str) -> Any:
+        key = tuple(sorted(labels.items()))
+        metric = self.metrics.get(key)
+        if metric is None:
+            if self.buckets is None:
+                metric = self.family.Metric(labels=labels)
+            else:
+                metric = self.family.Metric(labels=labels, buckets=self.buckets)
+            self.metrics[key] = metric
+        return metric
+
+
+class _TritonVersionMetrics(VersionMetrics):
+    """The per-version series of `lifecycle.metrics` with the same names, as Python-backend
+    custom metrics on Triton's metrics port, where the launcher's rollout controller reads
+    them. Instances of one model share each series (tritonserver keeps one metric per family
+    and label set)."""
+
+    def __init__(self) -> None:  # no prometheus_client registry: the series live in Triton
+        counter, histogram = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.HISTOGRAM
+        self._requests = _Series(
+            "imgserve_version_requests_total",
+            "Requests answered (ok) or failed (error) by a model version.",
+            counter,
+        )
+        self._duration = _Series(
+            "imgserve_version_request_duration_ms",
+            "Time of a request a model version answered, in ms (Triton native: its batch in "
+            "the stub).",
+            histogram,
+            VERSION_BUCKETS_MS,
+        )
+        self._comparisons = _Series(
+            "imgserve_shadow_comparisons_total",
+            "Images a challenger also ran in the shadow of the champion, by top-1 agreement.",
+            counter,
+        )
+        self._difference = _Series(
+            "imgserve_shadow_score_difference",
+            "Per shadowed image: |champion's top-1 score - challenger's score for that class|.",
+            histogram,
+            SCORE_DIFFERENCE_BUCKETS,
+        )
+
+    def shadow(
+        self,
+        labels: dict[str, str],
+        champion: int,
+        challenger: int,
+        agree: np.ndarray,
+        difference: np.ndarray,
+    ) -> None:
+        pair = {"model": labels["model"], "variant": labels["variant"],
+                "champion": str(champion), "challenger": str(challenger)}  # fmt: skip
+        agreed = int(agree.sum())
+        if agreed:
+            self._comparisons(**pair, agreement="agree").increment(float(agreed))
+        if len(agree) - agreed:
+            self._comparisons(**pair, agreement="disagree").increment(float(len(agree) - agreed))
+        histogram = self._difference(**pair)
+        for value in difference:
+            histogram.observe(float(value))
+
+    def answered_by(
+        self,
+        labels: dict[str, str],
+        version: int,
+        outcome: str,
+        duration_ms: float | None,
+        count: int = 1,
+    ) -> None:
+        series = {"model": labels["model"], "variant": labels["variant"], "version": str(version)}
+        self._requests(**series, outcome=outcome).increment(float(count))
+        if duration_ms is not None:
+            histogram = self._duration(**series)
+            for _ in range(count):
+                histogram.observe(duration_ms)
+
+    def decided(self, model: str, decision: str, reason: str) -> None:
+        raise NotImplementedError("the launcher counts rollout decisions")
+
+
 class NativeModel:
     """One model instance in its stub: the entry's loaded versions and its replica."""
 
@@ -147,10 +239,10 @@ class NativeModel:
         self.predictions = (
             PredictionLog(log_settings, _RecordCounter()) if log_settings.prediction_log else None
         )
-        # The per-version series stay in this stub: native mode runs no rollout controller.
         self.replica = Replica(
-            self.versions, limits, VersionMetrics(_registry()), self.observe, self.predictions
+            self.versions, limits, _TritonVersionMetrics(), self.observe, self.predictions
         )
+        self.versions.start()  # follow the repository: rollouts (runners.versions)
 
     def observe(self, count: int, seconds: float) -> None:
         self.histograms.observe(count, seconds)
@@ -163,9 +255,3 @@ class NativeModel:
         """Write what the prediction log has queued; the engines go with the process."""
         if self.predictions is not None and not self.predictions.close():
             logger.error("prediction log: records still queued at exit were lost")
-
-
-def _registry() -> Any:
-    from prometheus_client import CollectorRegistry
-
-    return CollectorRegistry()

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +50,7 @@ logger = logging.getLogger("triton_server")
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 WAIT_POLL_S = 0.05  # how soon `wait` notices a drain request
 EXIT_LINGER_S = 1
+METRICS_TIMEOUT_S = 5.0  # the controller's read of Triton's metrics
 STARTUP_TIMEOUT_S = 120.0  # tritonserver live; the loading gate's own load and unload
 
 
@@ -249,7 +251,7 @@ class TritonFrontEnd:
             self.remember_shared_memory()
             for versions in self.versions.values():
                 versions.start()  # follow the repository: rollouts (runners.versions)
-            if settings.rollout_controller and not self.native:
+            if settings.rollout_controller:
                 self._start_controller()
         except BaseException:
             self.stop()
@@ -299,17 +301,11 @@ class TritonFrontEnd:
                 self.settings.image_limits,
                 batching=self.settings.batching,
             )
-        unsupported = []
-        if self.settings.rollout_controller:
-            unsupported.append(
-                "no rollout controller runs, and each stub serves the versions its model "
-                "named when it loaded"
-            )
+        self._start_latency_metrics()  # the rollout decisions; the rest is in the stubs
         logger.info(
             "native mode: %s run in tritonserver's Python backend stubs, each with its own "
-            "prediction log; latency histograms on Triton's metrics port%s",
+            "prediction log; batch and per-version series on Triton's metrics port",
             ", ".join(entry.name for entry in self.entries),
-            "".join(f"; {why}" for why in unsupported),
         )
 
     def _start_latency_metrics(self) -> None:
@@ -320,10 +316,12 @@ class TritonFrontEnd:
             )
 
     def _start_controller(self) -> None:
-        """Judge rollouts in a thread of this process, from the launcher's own metrics."""
+        """Judge rollouts in a thread of this process, from the launcher's own metrics (in
+        native mode the per-version series are the stubs', on Triton's metrics port)."""
         families = tuple(sorted({entry.family for entry in self.entries}))
+        read = self._native_metrics if self.native else self.metrics.text
         self.rollouts = Rollouts(
-            self.settings.repository, families, self.metrics.text, self.metrics.versions.decided
+            self.settings.repository, families, read, self.metrics.versions.decided
         )
         rollouts = self.rollouts
 
@@ -331,6 +329,12 @@ class TritonFrontEnd:
             asyncio.run(rollouts.control(running=lambda: self._triton is not None))
 
         threading.Thread(target=control, name="rollout-controller", daemon=True).start()
+
+    def _native_metrics(self) -> str:
+        """Triton's metrics (the stubs' series among them) and the launcher's own."""
+        with urllib.request.urlopen(self.metrics_url, timeout=METRICS_TIMEOUT_S) as response:
+            triton = response.read().decode()
+        return triton + self.metrics.text()
 
     def _load(self, entry: ModelEntry) -> LoadedModel:
         return LoadedModel.load(entry, settings=self.backend_settings)

@@ -92,12 +92,15 @@ def decisions(server: TritonProcess) -> dict[tuple[str, str], float]:
     }
 
 
+@pytest.mark.parametrize("mode", ["pytriton", "native"])
 def test_triton_rollout_under_load_promotes_a_good_version_and_rolls_back_a_damaged_one(
-    tmp_path: Path, digits: tuple[list[bytes], list[str]]
+    tmp_path: Path, digits: tuple[list[bytes], list[str]], mode: str
 ) -> None:
+    """In both Triton modes (`IMGSERVE_TRITON_MODE`): in native mode the stubs follow the
+    repository and the controller reads their series on Triton's metrics port."""
     images, expected = digits
     registry, root, data = three_versions(tmp_path)
-    env = {"IMGSERVE_DATA_DIR": str(data), **FAST_DECISIONS}
+    env = {"IMGSERVE_DATA_DIR": str(data), "IMGSERVE_TRITON_MODE": mode, **FAST_DECISIONS}
     server = launch(root, tmp_path / "server.log", env)
     try:
         with TritonLoad(server, images, expected) as load:

@@ -1,0 +1,60 @@
+"""The native-mode model config is derived from the committed config.pbtxt: one source of
+truth for batching, queue bound and instances; the tensors of the Triton form PyTriton mode
+declares; backend "python"; and the parameters the stub reads."""
+
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+
+from runners.preprocessing import ImageLimits
+from runners.repository import ModelEntry, Repository, parse_config
+from runners.settings import REPO_ROOT, BackendSettings
+from triton_server import model as triton_model
+from triton_server import native
+
+ROOT = REPO_ROOT / "model_repository"
+
+
+def _config(batching: bool = True) -> tuple[ModelEntry, Any]:
+    entry = Repository(ROOT, batching=batching).get("digits", "fp32")
+    text = native.model_config(entry, BackendSettings(), ImageLimits(), batching)
+    return entry, parse_config(text)
+
+
+def test_the_config_keeps_the_committed_batching_and_instances() -> None:
+    entry, config = _config()
+    committed = parse_config((entry.directory / "config.pbtxt").read_text())
+    assert config.backend == "python"
+    assert config.max_batch_size == committed.max_batch_size
+    assert text_format.MessageToString(config.dynamic_batching) == text_format.MessageToString(
+        committed.dynamic_batching
+    )
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == (
+        entry.batching.max_queue_size
+    )
+    assert [g.count for g in config.instance_group] == [entry.instances]
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    assert parameters["project.precision"] == entry.precision  # the committed ones are kept
+    assert Path(parameters[native.DIRECTORY]) == entry.directory
+    assert Path(parameters[native.PROJECT]) == REPO_ROOT
+    assert BackendSettings.model_validate_json(parameters[native.BACKEND]) == BackendSettings()
+
+
+def test_the_tensors_are_the_ones_pytriton_mode_declares() -> None:
+    entry, config = _config()
+    assert [(i.name, list(i.dims), i.optional) for i in config.input] == [
+        (t.name, list(t.shape), True) for t in triton_model.inputs(entry)
+    ]
+    assert [(o.name, list(o.dims)) for o in config.output] == [
+        (t.name, list(t.shape)) for t in triton_model.outputs(entry)
+    ]
+    types = {t.name: t.data_type for t in [*config.input, *config.output]}
+    assert types["image"] == types["label"] == 13  # TYPE_STRING: Triton's BYTES
+
+
+def test_batching_off_has_no_dynamic_batcher() -> None:
+    _, config = _config(batching=False)
+    assert config.max_batch_size == 1
+    assert not config.HasField("dynamic_batching")
+    assert {k: v.string_value for k, v in config.parameters.items()}[native.BATCHING] == "false"
