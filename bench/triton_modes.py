@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 root = repository(work / name / "repo", count)
                 started[mode, count] = servers.triton(
                     root, [FAMILY], work / name / "server.log", name=f"triton {name}",
-                    env={"IMGSERVE_TRITON_MODE": mode},
+                    env={"IMGSERVE_TRITON_MODE": mode, "IMGSERVE_DATA_DIR": str(work / name)},
                 )  # fmt: skip
         first = next(iter(started.values()))
         expected = asyncio.run(integrity.reference(first.url.removeprefix("http://"), pngs))

@@ -149,7 +149,8 @@ class _TritonVersionMetrics(VersionMetrics):
     """The per-version series of `lifecycle.metrics` with the same names, as Python-backend
     custom metrics on Triton's metrics port, where the launcher's rollout controller reads
     them. Instances of one model share each series (tritonserver keeps one metric per family
-    and label set)."""
+    and label set). Each metric update is a message to tritonserver, so a batch's request
+    counts are summed and sent once per series by `flush`."""
 
     def __init__(self) -> None:  # no prometheus_client registry: the series live in Triton
         counter, histogram = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.HISTOGRAM
@@ -176,6 +177,7 @@ class _TritonVersionMetrics(VersionMetrics):
             histogram,
             SCORE_DIFFERENCE_BUCKETS,
         )
+        self._pending: dict[tuple[tuple[str, str], ...], int] = {}
 
     def shadow(
         self,
@@ -205,11 +207,18 @@ class _TritonVersionMetrics(VersionMetrics):
         count: int = 1,
     ) -> None:
         series = {"model": labels["model"], "variant": labels["variant"], "version": str(version)}
-        self._requests(**series, outcome=outcome).increment(float(count))
+        key = tuple(sorted({**series, "outcome": outcome}.items()))
+        self._pending[key] = self._pending.get(key, 0) + count
         if duration_ms is not None:
             histogram = self._duration(**series)
             for _ in range(count):
                 histogram.observe(duration_ms)
+
+    def flush(self) -> None:
+        """Send the request counts summed since the last flush."""
+        pending, self._pending = self._pending, {}
+        for key, count in pending.items():
+            self._requests(**dict(key)).increment(float(count))
 
     def decided(self, model: str, decision: str, reason: str) -> None:
         raise NotImplementedError("the launcher counts rollout decisions")
@@ -239,8 +248,9 @@ class NativeModel:
         self.predictions = (
             PredictionLog(log_settings, _RecordCounter()) if log_settings.prediction_log else None
         )
+        self.version_metrics = _TritonVersionMetrics()
         self.replica = Replica(
-            self.versions, limits, _TritonVersionMetrics(), self.observe, self.predictions
+            self.versions, limits, self.version_metrics, self.observe, self.predictions
         )
         self.versions.start()  # follow the repository: rollouts (runners.versions)
 
@@ -249,6 +259,7 @@ class NativeModel:
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         answers = self.replica([to_request(request) for request in requests])
+        self.version_metrics.flush()
         return [to_response(answer) for answer in answers]
 
     def finalize(self) -> None:
