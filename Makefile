@@ -33,10 +33,12 @@ profiles: setup
 detector: setup-train
 	nice -n 19 $(PY) -m offline --repository $(REPO) detector --retrain
 
-## serve: set up, build the default model repository if missing, then serve it (BentoML)
+## serve: set up, build the default model repository if missing, then serve its default
+## models (BentoML): the digit classifier and the digit detector (MODELS=digits for one)
 PORT ?= 3000
+MODELS ?= digits,detector
 serve: models
-	IMGSERVE_REPOSITORY=$(abspath $(REPO)) $(VENV)/bin/bentoml serve service:ImageClassifier --host 127.0.0.1 --port $(PORT)
+	IMGSERVE_REPOSITORY=$(abspath $(REPO)) IMGSERVE_MODELS=$(MODELS) $(VENV)/bin/bentoml serve service:ImageClassifier --host 127.0.0.1 --port $(PORT)
 
 # Debian packages the tests run for real (Prometheus and promtool; nginx balances replicas;
 # PostgreSQL behind a real MLflow tracking server; chromium for the web console's browser test,

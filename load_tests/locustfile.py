@@ -10,10 +10,12 @@ endpoint and the plain baseline all take); `DigitBatchUser` posts `--images-per-
 digits as multipart `images` to /v1/classify/batch; `PhotoUser` posts 256x256 RGB JPEGs to a
 load-profile model (`--model resnet50 --variant int8`). `TritonHttpUser` and `TritonGrpcUser`
 send one digit as the BYTES input `image` of `<model>_<variant>` (KServe v2; `--host` is the
-HTTP URL, `--grpc` the gRPC address). Users are `FastHttpUser`: the generator shares the two
-cores with the server and must stay cheap. With `--checks-out PATH` the run also writes its
-answer checks (statuses, right and wrong labels, images answered) to PATH as JSON. Triton
-users send 256x256 JPEGs instead of digits when `--model` is a load profile.
+HTTP URL, `--grpc` the gRPC address), or a generated canvas to a detector (`--model
+detector`: its padded boxes, scores, classes and count are checked). Users are
+`FastHttpUser`: the generator shares the two cores with the server and must stay cheap.
+With `--checks-out PATH` the run also writes its answer checks (statuses, right and wrong
+labels, images answered) to PATH as JSON. Triton users send 256x256 JPEGs instead of digits
+when `--model` is a load profile.
 
 Load shapes (`--shape`): `users` (the default: `-u` users at once, for `-t`); `step`
 (`--step-users 1,2,4,8 --step-s 10`: one step per user count, each measured after
@@ -48,7 +50,12 @@ from locust.user.wait_time import constant_pacing
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from load_tests.answers import detection_problem
+from load_tests.answers import (
+    TRITON_DETECTION_OUTPUTS,
+    detection_problem,
+    triton_detection_problem,
+)
+from load_tests.matrix import DETECTORS
 from offline.data import load_heldout
 from offline.detection.canvases import HELDOUT_SEED, draw
 from offline.digits import encode_png
@@ -417,11 +424,36 @@ def _triton_model(options: Any) -> str:
     return f"{options.model or 'digits'}_{options.variant or 'fp32'}"
 
 
+def _triton_detector(options: Any) -> bool:
+    return (options.model or "digits") in DETECTORS
+
+
 def _triton_images(options: Any) -> list[tuple[bytes, str | None]]:
-    """Held-out digits with their labels, or photos (no truth) for a load profile."""
+    """Held-out digits with their labels, canvases for a detector, or photos for a load
+    profile (no label to compare with: a detector's answers are checked for their form)."""
     if (options.model or "digits") == "digits":
         return list(_OneDigitUser.digits)
+    if _triton_detector(options):
+        return [(canvas, None) for canvas in DetectionUser.canvases]
     return [(photo, None) for photo in PhotoUser.photos]
+
+
+def _triton_outputs(options: Any) -> tuple[str, ...]:
+    """The outputs a Triton user asks for: a classifier's top-1 label, a detector's boxes."""
+    return TRITON_DETECTION_OUTPUTS if _triton_detector(options) else ("label",)
+
+
+def _triton_problem(outputs: dict[str, Any], label: str | None) -> str | None:
+    """What is wrong with one image's Triton outputs (None: nothing); counts the answer."""
+    if "label" not in outputs:
+        problem = triton_detection_problem(outputs, CANVAS_SIZE[1], CANVAS_SIZE[0])
+        if problem is None:
+            CHECKS.images += 1
+        return problem
+    answered = outputs["label"]
+    answered = np.asarray(answered).reshape(-1)[0]
+    _count(answered.decode() if isinstance(answered, bytes) else str(answered), label)
+    return None
 
 
 def _count(answered: str, label: str | None) -> None:
@@ -442,9 +474,12 @@ class TritonHttpUser(FastHttpUser):
         for png, label in _triton_images(self.environment.parsed_options):
             image = httpclient.InferInput("image", [1, 1], "BYTES")
             image.set_data_from_numpy(np.array([[png]], dtype=np.object_))
-            output = httpclient.InferRequestedOutput("label", binary_data=False)
+            outputs = [
+                httpclient.InferRequestedOutput(name, binary_data=False)
+                for name in _triton_outputs(self.environment.parsed_options)
+            ]
             body, json_size = httpclient.InferenceServerClient.generate_request_body(
-                [image], outputs=[output]
+                [image], outputs=outputs
             )
             headers = {
                 "Content-Type": "application/octet-stream",
@@ -463,12 +498,16 @@ class TritonHttpUser(FastHttpUser):
                 response.failure(f"status {response.status_code}")
                 return
             try:
-                outputs = json.loads(response.content)["outputs"]
-                answered = next(o for o in outputs if o["name"] == "label")["data"][0]
-            except (KeyError, StopIteration, TypeError, ValueError):
-                response.failure("no label in the answer")
+                outputs = {o["name"]: o["data"] for o in json.loads(response.content)["outputs"]}
+            except (KeyError, TypeError, ValueError):
+                response.failure("no outputs in the answer")
                 return
-            _count(answered, label)
+            if not outputs:
+                response.failure("no outputs in the answer")
+                return
+            problem = _triton_problem(outputs, label)
+            if problem is not None:
+                response.failure(problem)
 
 
 class TritonGrpcUser(User):
@@ -485,7 +524,8 @@ class TritonGrpcUser(User):
             image = grpcclient.InferInput("image", [1, 1], "BYTES")
             image.set_data_from_numpy(np.array([[png]], dtype=np.object_))
             self.inputs.append((image, label))
-        self.outputs = [grpcclient.InferRequestedOutput("label")]
+        self.names = _triton_outputs(options)
+        self.outputs = [grpcclient.InferRequestedOutput(name) for name in self.names]
 
     def on_stop(self) -> None:
         self.client.close()
@@ -499,11 +539,14 @@ class TritonGrpcUser(User):
             answer = self.client.infer(
                 self.model, [image], outputs=self.outputs, client_timeout=GRPC_TIMEOUT_S
             )
-            labels = answer.as_numpy("label")
             CHECKS.statuses["OK"] += 1
-            if labels is None:
-                raise ValueError("no label in the answer")
-            _count(labels.reshape(-1)[0].decode(), label)
+            outputs = {name: answer.as_numpy(name) for name in self.names}
+            found = {name: value for name, value in outputs.items() if value is not None}
+            if not found:
+                raise ValueError("no outputs in the answer")
+            problem = _triton_problem(found, label)
+            if problem is not None:
+                raise ValueError(problem)
         except InferenceServerException as exc:
             CHECKS.statuses[str(exc.status() or "error")] += 1
             # Its repr is a bare `InferenceServerException()`: Locust's failures CSV would

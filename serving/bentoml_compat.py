@@ -9,7 +9,8 @@ changes one fails there, naming it, rather than in production.
   wrapping that method is the only way to put an ASGI layer outside BentoML's own middleware
   (`add_asgi_middleware` adds inside it).
 - `use_loopback_runner_sockets`: `BENTOML_NO_UDS` is BentoML's own switch from Unix to
-  loopback TCP sockets between services.
+  loopback TCP sockets between services, whose ports `_get_server_socket` reserves through
+  the `reserve_free_port` its module imports.
 - `worker_index`, `arbiter_pid`, `listening_fd`, `multiprocess_dir`: what a process learns
   about the `bentoml serve` it belongs to: its worker number (None in the arbiter, the
   `bentoml serve` process, which imports the service module first), its parent (the circus
@@ -22,16 +23,23 @@ changes one fails there, naming it, rather than in production.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import random
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import bentoml
 
 PINNED = ((1, 4), (1, 5))  # [from, to) as in pyproject.toml
 NO_UDS = "BENTOML_NO_UDS"
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_RUNNER_PORT = 20000  # above the ports services are commonly configured on
+RESERVE_TRIES = 50
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 ASGIApp = Any
@@ -81,9 +89,50 @@ def use_loopback_runner_sockets() -> None:
     BentoML's arbiter deletes the folder of the services' Unix sockets as the first step of
     its stop (an exit-stack callback that runs before it signals the workers), so a draining
     entry could not reach a runner that still serves. A TCP socket has no file to lose. A
-    value the user set is kept.
+    value the user set is kept. Their ports come from outside the ephemeral range
+    (`reserve_port_outside_the_ephemeral_range`).
     """
     os.environ.setdefault(NO_UDS, "1")
+    import _bentoml_impl.server.serving as bentoml_serving
+
+    if not hasattr(bentoml_serving, "reserve_free_port"):
+        raise BentoMLChanged("_bentoml_impl.server.serving.reserve_free_port")
+    bentoml_serving.reserve_free_port = reserve_port_outside_the_ephemeral_range
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out by itself (outgoing connections, binds to port 0)."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+@contextlib.contextmanager
+def reserve_port_outside_the_ephemeral_range(host: str = "127.0.0.1", **_: Any) -> Iterator[int]:
+    """A free loopback port outside the ephemeral range, held until the context exits.
+
+    BentoML reserves the ports of the sockets between its services, releases them, and only
+    then does its arbiter bind them. A port of the ephemeral range (its own choice) can be
+    taken in between by any outgoing connection on the machine, and the start fails ("Could
+    not bind"); a port outside it only by a process that binds that very port.
+    """
+    low, high = _ephemeral_range()
+    candidates = [port for port in range(LOWEST_RUNNER_PORT, 65536) if not low <= port <= high]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        for port in random.sample(candidates, min(RESERVE_TRIES, len(candidates))):
+            try:
+                sock.bind((host, port))
+                break
+            except OSError:
+                continue
+        else:
+            sock.bind((host, 0))  # every try taken: the kernel's choice, as BentoML's own
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
 
 
 def worker_index() -> int | None:

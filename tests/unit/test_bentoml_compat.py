@@ -4,6 +4,7 @@ that changes any of it fails here, naming it."""
 from __future__ import annotations
 
 import inspect
+import socket
 import sys
 from typing import Any
 
@@ -85,3 +86,25 @@ def test_a_service_class_without_to_asgi_is_refused() -> None:
 
     with pytest.raises(bentoml_compat.BentoMLChanged, match="to_asgi"):
         bentoml_compat.serve_outermost(Changed(), lambda app: app)
+
+
+def test_runner_sockets_reserve_their_ports_through_the_patched_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "reserve_free_port()" in inspect.getsource(bentoml_serving._get_server_socket)
+    monkeypatch.setattr(bentoml_serving, "reserve_free_port", bentoml_serving.reserve_free_port)
+    monkeypatch.setenv(bentoml_compat.NO_UDS, "1")  # restored after the test
+    bentoml_compat.use_loopback_runner_sockets()
+    assert bentoml_serving.reserve_free_port is (
+        bentoml_compat.reserve_port_outside_the_ephemeral_range
+    )
+
+
+def test_a_reserved_runner_port_is_outside_the_ephemeral_range_and_held() -> None:
+    low, high = bentoml_compat._ephemeral_range()
+    with bentoml_compat.reserve_port_outside_the_ephemeral_range() as port:
+        assert not low <= port <= high and port >= bentoml_compat.LOWEST_RUNNER_PORT
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))  # released on exit

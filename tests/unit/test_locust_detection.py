@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from load_tests.answers import detection_problem
+from load_tests.answers import detection_problem, triton_detection_problem
 from load_tests.matrix import cells
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,12 +60,54 @@ def test_each_malformed_answer_is_named(body: object, says: str) -> None:
     assert problem is not None and says in problem
 
 
-def test_the_matrix_loads_a_detector_with_the_detection_user_through_bentoml_only() -> None:
+def test_the_matrix_loads_a_detector_through_bentoml_and_triton_not_the_baseline() -> None:
     found = cells(models=("detector",), variants=("fp32",), replicas=(1,))
-    assert {c.front_end for c in found} == {"bentoml"}
-    assert {c.locust_user() for c in found} == {"DetectionUser"}
+    assert {c.front_end for c in found} == {"bentoml", "triton-http", "triton-grpc"}
+    assert {c.locust_user() for c in found} == {
+        "DetectionUser", "TritonHttpUser", "TritonGrpcUser"
+    }  # fmt: skip
     digits = cells(models=("digits",), variants=("fp32",), replicas=(1,), batching=(True,))
     assert {c.locust_user() for c in digits} == {"DigitUser", "TritonHttpUser", "TritonGrpcUser"}
+
+
+def triton_outputs(real: int, most: int = 3, **changed: object) -> dict[str, object]:
+    """One image's Triton detection outputs as the JSON answer holds them: `real` rows of
+    GOOD's box, then padding."""
+    outputs: dict[str, object] = {
+        "count": [real],
+        "boxes": [GOOD["box"]] * real + [[0.0] * 4] * (most - real),
+        "scores": [0.9] * real + [0.0] * (most - real),
+        "classes": [7] * real + [-1] * (most - real),
+    }
+    return {**outputs, **changed}
+
+
+def test_well_formed_triton_detection_outputs_pass() -> None:
+    assert triton_detection_problem(triton_outputs(2), 96, 96) is None
+    assert triton_detection_problem(triton_outputs(0), 96, 96) is None
+    as_arrays = {k: np.asarray(v)[None] for k, v in triton_outputs(3).items()}  # gRPC's form
+    assert triton_detection_problem(as_arrays, 96, 96) is None
+
+
+@pytest.mark.parametrize(
+    ("outputs", "says"),
+    [
+        ({"label": ["7"]}, "no count, boxes, scores, classes output"),
+        (triton_outputs(1, count=["x"]), "not numbers"),
+        (triton_outputs(1, count=[4]), "count 4 is not between 0 and the 3 rows"),
+        (triton_outputs(1, scores=[0.9, 0.0]), "disagree on the rows"),
+        (triton_outputs(1, scores=[1.5, 0.0, 0.0]), "score is not in [0, 1]"),
+        (triton_outputs(1, classes=[-1, -1, -1]), "has no class index"),
+        (triton_outputs(1, boxes=[[0, 0, 97, 5], [0] * 4, [0] * 4]), "not inside the 96x96"),
+        (triton_outputs(1, classes=[7, 0, -1]), "not padding"),
+        (triton_outputs(1, scores=[0.9, 0.1, 0.0]), "not padding"),
+    ],
+)
+def test_each_malformed_triton_detection_output_is_named(
+    outputs: dict[str, object], says: str
+) -> None:
+    problem = triton_detection_problem(outputs, 96, 96)
+    assert problem is not None and says in problem
 
 
 @dataclass
