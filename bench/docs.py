@@ -156,6 +156,13 @@ def predictionlog(result: Result) -> str:
         f"{_met(result['records_dropped'] == 0)}), failed {result['records_failed']}; answers "
         f"other than 200: {result['answers_not_200']}.",
     ]
+    if "cpu_per_request_ratio" in result:
+        cpu = result["cpu_per_request_ratio"]
+        lines += [
+            "",
+            f"Server CPU per answer with the log ÷ without (the kernel's CPU time of each "
+            f"server's process tree, the writer included): {cpu:.3f} (median).",
+        ]
     return "\n".join(lines) + "\n"
 
 

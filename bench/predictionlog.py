@@ -8,6 +8,9 @@ the same closed-loop single-image load against one, then the other, back to back
 machine is shared and noisy, so the ratio within a round is the figure; the median of the
 rounds is reported). Targets: throughput with logging >= 0.95 of without, and no record
 dropped (`imgserve_prediction_log_records_total{outcome="dropped"}`), every answer 200.
+Each round also reads each server's CPU time per answer from the kernel (its whole process
+tree, the log's writer process included): what logging costs a CPU-bound server, and less
+swayed than throughput by what else runs on a shared machine.
 """
 
 from __future__ import annotations
@@ -75,16 +78,21 @@ def _measure(on: servers.Server, off: servers.Server, args: argparse.Namespace) 
     images, _ = load_heldout()
     pngs = [encode_png(image) for image in images[:256]]
 
-    def load(server: servers.Server, seconds: float) -> tuple[float, float, int]:
+    def load(server: servers.Server, seconds: float) -> tuple[float, float, int, float]:
+        """Answers 200 per second, their p99 in ms, answers not 200, and the server's CPU
+        (its whole process tree, the log's writer included) in ms per answer."""
         host, port = server.url.removeprefix("http://").split(":")
         requests = [
             request_bytes("/v1/classify", f"{host}:{port}", "image/png", png) for png in pngs
         ]
-        return closed_loop(host, int(port), requests, args.clients, seconds).figures()
+        cpu = server.cpu_seconds()
+        run = closed_loop(host, int(port), requests, args.clients, seconds)
+        cpu_ms = (server.cpu_seconds() - cpu) * 1000 / max(1, len(run.answers))
+        return (*run.figures(), cpu_ms)
 
     for server in (on, off):
         load(server, 2.0)  # warm
-    ratios, p99s, failed = [], [], 0
+    ratios, p99s, cpus, failed = [], [], [], 0
     for round_ in range(1, args.rounds + 1):
         # Alternate which goes first, so neither always follows the other.
         first, second = (off, on) if round_ % 2 else (on, off)
@@ -92,12 +100,13 @@ def _measure(on: servers.Server, off: servers.Server, args: argparse.Namespace) 
         ratio = figures["on"][0] / figures["off"][0]
         ratios.append(ratio)
         p99s.append(figures["on"][1] / figures["off"][1])
+        cpus.append(figures["on"][3] / figures["off"][3])
         failed += figures["on"][2] + figures["off"][2]
         log.info(
-            "round %d: logging off %7.1f req/s p99 %6.1f ms | on %7.1f req/s p99 %6.1f ms | "
-            "on/off %.3f",
-            round_, figures["off"][0], figures["off"][1], figures["on"][0], figures["on"][1],
-            ratio,
+            "round %d: logging off %7.1f req/s p99 %6.1f ms cpu %.3f ms/req | on %7.1f req/s "
+            "p99 %6.1f ms cpu %.3f ms/req | on/off %.3f, cpu on/off %.3f",
+            round_, figures["off"][0], figures["off"][1], figures["off"][3], figures["on"][0],
+            figures["on"][1], figures["on"][3], ratio, cpus[-1],
         )  # fmt: skip
     records = _records(on)
     dropped = int(records.get("dropped", 0))
@@ -107,11 +116,12 @@ def _measure(on: servers.Server, off: servers.Server, args: argparse.Namespace) 
         "predictionlog",
         {
             "rounds": [
-                {"on_over_off": ratio, "p99_on_over_off": p99}
-                for ratio, p99 in zip(ratios, p99s, strict=True)
+                {"on_over_off": ratio, "p99_on_over_off": p99, "cpu_on_over_off": cpu}
+                for ratio, p99, cpu in zip(ratios, p99s, cpus, strict=True)
             ],
             "throughput_ratio": throughput,
             "p99_ratio": statistics.median(p99s),
+            "cpu_per_request_ratio": statistics.median(cpus),
             "records_written": int(records.get("written", 0)),
             "records_dropped": dropped,
             "records_failed": int(records.get("failed", 0)),
@@ -123,7 +133,9 @@ def _measure(on: servers.Server, off: servers.Server, args: argparse.Namespace) 
     log.info(
         f"median of {len(ratios)} rounds: throughput with logging / without {throughput:.3f} "
         f"(target >= 0.95: {'met' if throughput >= 0.95 else 'NOT MET'}), p99 "
-        f"{statistics.median(p99s):.2f}x; records written {int(records.get('written', 0))}, "
+        f"{statistics.median(p99s):.2f}x, server CPU per answer {statistics.median(cpus):.3f}x "
+        f"(a CPU-bound server's throughput ratio, noisy neighbours aside: "
+        f"{1 / statistics.median(cpus):.3f}); records written {int(records.get('written', 0))}, "
         f"dropped {dropped} ({'met' if dropped == 0 else 'NOT MET'}), failed "
         f"{int(records.get('failed', 0))}; answers not 200: {failed}"
     )
