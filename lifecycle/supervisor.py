@@ -30,7 +30,7 @@ import anyio.to_thread
 from lifecycle import rollout as operations
 from lifecycle.controller import Decision, RolloutSettings, Samples, Watch, describe, parse
 from lifecycle.registry import Registry
-from runners.errors import NotFound, ServingError
+from runners.errors import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,8 @@ def _open(families: tuple[str, ...]) -> None:
     registry = _OPENED["registry"] = Registry()
     try:
         for family in families:
-            registry.aliases(family)
-    except NotFound:  # served unregistered: nothing to roll out until it is registered
-        pass
+            if registry.known(family):  # else served unregistered: nothing to roll out yet
+                registry.aliases(family)
     except ServingError as exc:  # the operations will say why they fail
         logging.getLogger(__name__).warning("the registry did not open: %s", exc.message)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from lifecycle.promote import adopt, family_entries, promote, publish_built
 from lifecycle.registry import Registry
 from monitoring.drift import ensure_reference
+from offline.detection import FAMILY as DETECTOR
 from runners.errors import Conflict, ModelImportError, ServingError
 from runners.precision import bf16_unavailable
 from runners.repository import CARD_JSON
@@ -91,6 +92,9 @@ def _models(args: argparse.Namespace) -> None:
                     args.repository, family, digits.heldout_pngs(), digits.HELDOUT_DESCRIPTION
                 )
             adopt(registry, args.repository, family)
+    # The committed digit detector, when the repository holds it: registered as it is
+    # (`make detector` builds new versions, and decides its bf16 variant with the gate).
+    adopt(registry, args.repository, DETECTOR)
     log.info("model repository %s is complete", args.repository)
 
 

@@ -8,3 +8,5 @@ card.py       the mAP gate and the detector's model card
 publish.py    FP32, INT8 and BF16 through the gate into the repository
 build.py      the digit detector: data, training, publishing (`python -m offline detector`)
 """
+
+FAMILY = "detector"  # the digit detector's family in the model repository

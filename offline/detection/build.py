@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offline.data import load_splits
+from offline.detection import FAMILY
 from offline.detection.canvases import CALIBRATION_SEED, HELDOUT_SEED, Canvases, draw
 from offline.detection.card import DetectorCard
 from offline.detection.network import DEFAULT_WIDTHS, STRIDE
@@ -21,7 +22,6 @@ from offline.quantize import QUANTIZERS
 from runners.preprocessing import PreprocessSpec
 from runners.repository import Batching
 
-FAMILY = "detector"
 SIZE = (96, 96)  # height, width of the model's input and of the generated canvases
 LABELS = tuple(str(d) for d in range(10))
 SPEC = PreprocessSpec(

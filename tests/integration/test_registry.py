@@ -41,6 +41,7 @@ from tests.integration.postgres import postgres_server
 
 COMMITTED = REPO_ROOT / "model_repository"
 FAMILY = "digits"
+DETECTOR = "detector"
 VARIANTS = ("fp32", "int8")
 
 
@@ -103,6 +104,27 @@ def test_a_committed_model_is_adopted_as_version_1_champion(
     files = {a.path for a in embedded.client.list_artifacts(version.run_id, "model/int8")}
     assert "model/int8/model.onnx" in files and "model/int8/model_card.json" in files
     assert "model/int8/drift_reference.json" in files
+
+
+def test_the_committed_detector_is_adopted_as_it_is(tmp_path: Path, embedded: Registry) -> None:
+    """What `python -m offline models` (`make serve`) does with the committed digit detector:
+    version 1 and champion, its files untouched, so that it can be rolled out like the
+    digits."""
+    repository = tmp_path / "repo"
+    for variant in VARIANTS:
+        shutil.copytree(
+            COMMITTED / f"{DETECTOR}_{variant}",
+            repository / f"{DETECTOR}_{variant}",
+            ignore=shutil.ignore_patterns(REGISTRY_STAMP),
+        )
+    version = adopt(embedded, repository, DETECTOR)
+    assert version is not None and version.number == 1
+    assert embedded.aliases(DETECTOR) == {CHAMPION: 1}
+    for variant in VARIANTS:
+        served = repository / f"{DETECTOR}_{variant}" / "1" / "model.onnx"
+        assert version.digests[variant] == digest(served)
+        assert digest(served) == digest(COMMITTED / f"{DETECTOR}_{variant}" / "1" / "model.onnx")
+    assert consistency.check(repository, [DETECTOR], embedded.settings)[DETECTOR].registered
 
 
 def test_a_new_build_is_the_challenger_until_promoted(tmp_path: Path, embedded: Registry) -> None:
