@@ -77,13 +77,9 @@ class VersionMetrics:
         difference: np.ndarray,
     ) -> None:
         """Count one batch's shadow comparisons of a champion and its challenger."""
-        pair = {"model": labels["model"], "variant": labels["variant"],
-                "champion": str(champion), "challenger": str(challenger)}  # fmt: skip
-        agreed = int(agree.sum())
-        if agreed:
-            self.shadow_comparisons.labels(**pair, agreement="agree").inc(agreed)
-        if len(agree) - agreed:
-            self.shadow_comparisons.labels(**pair, agreement="disagree").inc(len(agree) - agreed)
+        pair, agreements = shadow_counts(labels, champion, challenger, agree)
+        for agreement, count in agreements.items():
+            self.shadow_comparisons.labels(**pair, agreement=agreement).inc(count)
         histogram = self.shadow_difference.labels(**pair)
         for value in difference:
             histogram.observe(float(value))
@@ -106,3 +102,15 @@ class VersionMetrics:
 
     def decided(self, model: str, decision: str, reason: str) -> None:
         self.decisions.labels(model=model, decision=decision, reason=reason).inc()
+
+
+def shadow_counts(
+    labels: dict[str, str], champion: int, challenger: int, agree: np.ndarray
+) -> tuple[dict[str, str], dict[str, int]]:
+    """The shadow series' labels of a champion and challenger pair, and a batch's
+    comparisons by agreement (`agree`, `disagree`; only those that occurred)."""
+    pair = {"model": labels["model"], "variant": labels["variant"],
+            "champion": str(champion), "challenger": str(challenger)}  # fmt: skip
+    agreed = int(agree.sum())
+    counts = {"agree": agreed, "disagree": len(agree) - agreed}
+    return pair, {agreement: count for agreement, count in counts.items() if count}

@@ -27,7 +27,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # only inside the stub
 
 from lifecycle.metrics import LATENCY_BUCKETS_MS as VERSION_BUCKETS_MS
-from lifecycle.metrics import SCORE_DIFFERENCE_BUCKETS, VersionMetrics
+from lifecycle.metrics import SCORE_DIFFERENCE_BUCKETS, VersionMetrics, shadow_counts
 from monitoring.predictionlog import PredictionLog
 from monitoring.settings import PredictionLogSettings
 from runners.model import LoadedModel
@@ -187,13 +187,9 @@ class _TritonVersionMetrics(VersionMetrics):
         agree: np.ndarray,
         difference: np.ndarray,
     ) -> None:
-        pair = {"model": labels["model"], "variant": labels["variant"],
-                "champion": str(champion), "challenger": str(challenger)}  # fmt: skip
-        agreed = int(agree.sum())
-        if agreed:
-            self._comparisons(**pair, agreement="agree").increment(float(agreed))
-        if len(agree) - agreed:
-            self._comparisons(**pair, agreement="disagree").increment(float(len(agree) - agreed))
+        pair, agreements = shadow_counts(labels, champion, challenger, agree)
+        for agreement, count in agreements.items():
+            self._comparisons(**pair, agreement=agreement).increment(float(count))
         histogram = self._difference(**pair)
         for value in difference:
             histogram.observe(float(value))

@@ -157,7 +157,7 @@ def test_native_is_ready_only_once_every_model_is_loaded(
                     continue
                 seen.append(status)
                 if status == 200:
-                    # Ready then, so every model was loaded then and is still.
+                    # Ready: every model is loaded, and stays loaded.
                     for entry in repository:
                         model = client.get(f"{url}/v2/models/{entry.name}/ready")
                         assert model.status_code == 200, (entry.name, seen)
