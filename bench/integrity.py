@@ -1,7 +1,7 @@
 """Every answer is its own request's: many concurrent requests to Triton, each one checked.
 
     python -m bench.integrity [--requests 200000] [--concurrency 32] [--protocols http grpc]
-                              [--mode pytriton|native]
+                              [--mode native|pytriton]
 
 It starts Triton (`python -m triton_server`) on the committed digits repository and first
 asks it, one request at a time, for each held-out image's answer (label and scores): the
@@ -63,6 +63,7 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    slowest_ms: float = 0.0  # the slowest answer: a stalled batcher shows here
 
     def note(self, text: str) -> None:
         if len(self.examples) < EXAMPLES:
@@ -78,6 +79,7 @@ class Tally:
             "errors_by_message": dict(self.errors.most_common(10)),
             "examples": self.examples,
             "requests_per_s": self.sent / self.seconds if self.seconds else 0.0,
+            "slowest_ms": self.slowest_ms,
         }
 
 
@@ -146,6 +148,7 @@ async def hammer(
         for number, image in queue:
             request_id = f"{protocol}-{number}-{image}"
             tally.sent += 1
+            sent = time.perf_counter()
             try:
                 label, scores = await client.answer(pngs[image], request_id)
             except Exception as exc:  # every failure is counted, by its message
@@ -153,6 +156,7 @@ async def hammer(
                 tally.errors[message] += 1
                 tally.note(f"request {request_id}: {message}")
                 continue
+            tally.slowest_ms = max(tally.slowest_ms, (time.perf_counter() - sent) * 1000)
             want = expected[image]
             close = scores.shape == want.scores.shape and bool(
                 np.max(np.abs(scores - want.scores)) <= SCORE_TOLERANCE
@@ -181,7 +185,7 @@ def run(
     concurrency: int,
     protocols: Sequence[str],
     images: int = 1000,
-    mode: str = "pytriton",
+    mode: str = "native",
 ) -> list[Tally]:
     """Start Triton in `mode` (`TritonSettings.triton_mode`), take the reference, then hammer
     each protocol; Triton stops at the end."""
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "--protocols", nargs="+", choices=("http", "grpc"), default=["http", "grpc"]
     )
     parser.add_argument(
-        "--mode", choices=("pytriton", "native"), default="pytriton", help="Triton's mode"
+        "--mode", choices=("native", "pytriton"), default="native", help="Triton's mode"
     )
     parser.add_argument("--out", type=Path, default=results.default_out("integrity"))
     args = parser.parse_args(argv)

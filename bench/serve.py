@@ -6,18 +6,20 @@ loopback ports, it starts:
 - the BentoML service (`service:ImageClassifier`, as `make serve` runs it);
 - BentoML's floor: a trivial endpoint with no model (`bench.trivial_service`);
 - the plain baseline: FastAPI + ONNX Runtime, one request one inference (`bench.baseline`);
-- Triton (`python -m triton_server`), over HTTP and gRPC (KServe v2), in both modes: PyTriton
-  (batches run in the launcher, behind PyTriton's proxy) and native (in tritonserver's Python
-  backend stubs, `triton_server.native`).
+- Triton (`python -m triton_server`), over HTTP and gRPC (KServe v2), in both modes: native,
+  the default (batches run in tritonserver's Python backend stubs, `triton_server.native`),
+  and PyTriton (batches run in the launcher, behind PyTriton's proxy).
 
 Every contender gets the same Locust load (`--users` users, held-out digits as PNG) in
 alternating rounds, and each figure is the median round, so a burst of other load on this
 shared machine cannot favour one of them. Locust runs on the same cores as the servers; its
 CPU time is reported. The ratios the serving issues target are printed with their targets,
 whether met or not, and everything is written to JSON. With the ResNet-50 load profile in
-the repository (`make profiles`), served INT8 and FP32 images/s are compared with the raw
-in-process figure of the same variant and backend. With the digit detector in the
-repository (committed), its FP32 and INT8 variants are served to Locust's detection user.
+the repository (`make profiles`), served INT8 and FP32 images/s (through the service, and
+through Triton) are compared with the raw in-process figure of the same variant and backend
+(for Triton, at the mean batch size its dynamic batcher formed, from its own counters). With
+the digit detector in the repository (committed), its FP32 and INT8 variants are served to
+Locust's detection user.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 import tempfile
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from pydantic import BaseModel
 
 from bench import servers
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 PROFILE = "resnet50"
 DETECTOR = "detector"  # the committed digit detector: its served images/s beside the rest
 BATCH_IMAGES = 16
+TRITON_PREFIX = "triton http "  # a load profile's cells through Triton: "triton http resnet50 int8"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class Report(BaseModel):
     rounds: int
     cells: list[Cell]
     raw_images_per_s: dict[str, float]
+    triton_batch_size: dict[str, float] = {}  # per Triton cell of a load profile
     cold_start_s: dict[str, float]
     rss_mb: dict[str, dict[str, float]]
     server_cpu_s: dict[str, float]
@@ -93,7 +99,7 @@ class Report(BaseModel):
 
 
 def contenders(
-    profiles: bool, triton_grpc: str, detector: bool = False, native_grpc: str | None = None
+    profiles: bool, triton_grpc: str, detector: bool = False, pytriton_grpc: str | None = None
 ) -> list[Contender]:
     found = [
         Contender("service", "service", "UploadUser"),
@@ -104,12 +110,15 @@ def contenders(
         Contender("triton grpc", "triton", "TritonGrpcUser", ("--grpc", triton_grpc)),
         *(
             [
-                Contender("triton native http", "triton-native", "TritonHttpUser"),
+                Contender("triton pytriton http", "triton-pytriton", "TritonHttpUser"),
                 Contender(
-                    "triton native grpc", "triton-native", "TritonGrpcUser", ("--grpc", native_grpc)
+                    "triton pytriton grpc",
+                    "triton-pytriton",
+                    "TritonGrpcUser",
+                    ("--grpc", pytriton_grpc),
                 ),
             ]
-            if native_grpc
+            if pytriton_grpc
             else []
         ),
         Contender(
@@ -124,6 +133,15 @@ def contenders(
         found += [
             Contender(
                 f"{PROFILE} {v}", "service", "PhotoUser", ("--model", PROFILE, "--variant", v)
+            )
+            for v in ("fp32", "int8")
+        ]
+        found += [
+            Contender(
+                f"{TRITON_PREFIX}{PROFILE} {v}",
+                "triton",
+                "TritonHttpUser",
+                ("--model", PROFILE, "--variant", v),
             )
             for v in ("fp32", "int8")
         ]
@@ -158,18 +176,42 @@ def cell(contender: Contender, rounds: list[LoadResult]) -> Cell:
     )
 
 
-def raw_figures(repository: Path, batch_size: int) -> dict[str, float]:
-    """In-process images/s of the profile's variants, on the backend the service picks."""
+def raw_figures(repository: Path, cells: dict[str, tuple[str, int]]) -> dict[str, float]:
+    """In-process images/s of the profile's variants, on the backend the servers pick: per
+    cell name, its variant at its batch size."""
     settings = BackendSettings()
+    entries = Repository(repository).families()[PROFILE]
     out = {}
-    for variant, entry in sorted(Repository(repository).families()[PROFILE].items()):
+    for name, (variant, batch_size) in cells.items():
+        entry = entries[variant]
         backend = create_backend(
             settings.backend or entry.preferred_backend, entry.onnx_path, settings
         )
         backend.load()
         timing = time_backend(backend, batch_size, duration_s=4.0)
-        out[f"{PROFILE} {variant}"] = timing.images_per_s
+        out[name] = timing.images_per_s
     return out
+
+
+def batch_sizes(metrics_text: str, models: list[str]) -> dict[str, float]:
+    """The mean batch size Triton's dynamic batcher formed per model, from its own counters
+    (images inferred / batches executed)."""
+    found = {}
+    for model in models:
+        counts = [
+            sum(
+                float(value)
+                for value in re.findall(
+                    rf'^nv_inference_{kind}\{{model="{model}",version="[^"]*"\}} (\S+)',
+                    metrics_text,
+                    flags=re.MULTILINE,
+                )
+            )
+            for kind in ("count", "exec_count")
+        ]
+        if counts[1]:
+            found[model] = counts[0] / counts[1]
+    return found
 
 
 def targets(report: Report) -> list[Target]:
@@ -190,18 +232,20 @@ def targets(report: Report) -> list[Target]:
                         met=service.errors == 0))  # fmt: skip
     ratio("batch endpoint / single (images/s)", "service batch", "service", 8.0)
     fronts = ("service", "service (raw body)", "triton http", "triton grpc",
-              "triton native http", "triton native grpc")  # fmt: skip
+              "triton pytriton http", "triton pytriton grpc")  # fmt: skip
     best = max((cells[c] for c in fronts if c in cells), key=lambda c: c.requests_per_s)
     ratio(f"best front end ({best.name}) / plain baseline", best.name, "plain baseline", 2.0)
     for protocol in ("http", "grpc"):
-        native = f"triton native {protocol}"
+        native = f"triton {protocol}"
         ratio(f"{native} / plain baseline (req/s)", native, "plain baseline", 1.0)
         ratio(f"{native} / service (req/s)", native, "service", 0.9)
-        ratio(f"{native} / triton {protocol} (PyTriton)", native, f"triton {protocol}", 1.0)
+        ratio(f"{native} / {native} through PyTriton", native, f"triton pytriton {protocol}", 1.0)
     for name, raw in report.raw_images_per_s.items():
         if name in cells:
             value = cells[name].images_per_s / raw
-            found.append(Target(what=f"{name} served / raw in-process", value=value,
+            batch = report.triton_batch_size.get(name)
+            at = f" at batch {round(batch)}" if batch else " at batch 32"
+            found.append(Target(what=f"{name} served / raw in-process{at}", value=value,
                                 target=">= 0.9", met=value >= 0.9))  # fmt: skip
     ratio(f"{PROFILE} int8 / fp32 served", f"{PROFILE} int8", f"{PROFILE} fp32", 1.8)
     cold = report.cold_start_s.get("service (default model only)", report.cold_start_s["service"])
@@ -226,13 +270,15 @@ def run(args: argparse.Namespace, work: Path) -> Report:
             "bench.trivial_service:Trivial", work / "trivial.log", name="trivial"
         ),
         "baseline": lambda: servers.baseline(repository / "digits_fp32", work / "baseline.log"),
-        "triton": lambda: servers.triton(repository, ["digits"], work / "triton.log"),
-        "triton-native": lambda: servers.triton(
+        "triton": lambda: servers.triton(
+            repository, ["digits", *([PROFILE] if profiles else [])], work / "triton.log"
+        ),
+        "triton-pytriton": lambda: servers.triton(
             repository,
             ["digits"],
-            work / "triton-native.log",
-            name="triton-native",
-            env={"IMGSERVE_TRITON_MODE": "native"},
+            work / "triton-pytriton.log",
+            name="triton-pytriton",
+            env={"IMGSERVE_TRITON_MODE": "pytriton"},
         ),
     }
     if profiles:  # the cold-start target is the default model's: time that one alone too
@@ -264,9 +310,9 @@ def measure(
     *,
     detector: bool = False,
 ) -> Report:
-    native = started.get("triton-native")
-    native_grpc = native.extra["grpc"] if native else None
-    chosen = contenders(profiles, started["triton"].extra["grpc"], detector, native_grpc)
+    proxied = started.get("triton-pytriton")
+    proxied_grpc = proxied.extra["grpc"] if proxied else None
+    chosen = contenders(profiles, started["triton"].extra["grpc"], detector, proxied_grpc)
     idle_rss = {name: s.rss_mb() for name, s in started.items()}
     for contender in chosen:  # warm-up: connection pools, lazy imports, first batches
         run_locust(started[contender.server].url, contender.user, args.users, 2.0,
@@ -298,7 +344,21 @@ def measure(
             )  # fmt: skip
     server_cpu = {name: s.cpu_seconds() - cpu_before[name] for name, s in started.items()}
     loaded_rss = {name: s.rss_mb() for name, s in started.items()}
-    raw = raw_figures(args.repository, 32) if profiles else {}
+    formed: dict[str, float] = {}
+    raw: dict[str, float] = {}
+    if profiles:
+        models = {f"{TRITON_PREFIX}{PROFILE} {v}": f"{PROFILE}_{v}" for v in ("fp32", "int8")}
+        sizes = batch_sizes(httpx.get(started["triton"].extra["metrics"]).text,
+                            list(models.values()))  # fmt: skip
+        formed = {cell: sizes[model] for cell, model in models.items() if model in sizes}
+        raw = raw_figures(
+            args.repository,
+            {
+                **{f"{PROFILE} {v}": (v, 32) for v in ("fp32", "int8")},
+                **{cell: (cell.rsplit(" ", 1)[1], max(1, round(size)))
+                   for cell, size in formed.items()},
+            },
+        )  # fmt: skip
     busy = args.rounds * args.round_s * len(chosen)
     return Report(
         machine=machine,
@@ -307,6 +367,7 @@ def measure(
         rounds=args.rounds,
         cells=[cell(c, results[c.name]) for c in chosen],
         raw_images_per_s=raw,
+        triton_batch_size=formed,
         cold_start_s={name: s.ready_after_s for name, s in started.items()},
         rss_mb={
             f"{name} {when}": rss
@@ -335,7 +396,8 @@ def show(report: Report) -> None:
         parts = ", ".join(f"{proc.split(':', 1)[1]} {mb:.0f}" for proc, mb in rss.items())
         log.info("  resident MB, %-20s total %6.0f  (%s)", name, sum(rss.values()), parts)
     for name, raw in report.raw_images_per_s.items():
-        log.info("  raw in-process %-14s %8.1f images/s (batch 32)", name, raw)
+        batch = round(report.triton_batch_size.get(name, 32))
+        log.info("  raw in-process %-26s %8.1f images/s (batch %d)", name, raw, batch)
     log.info("\nTargets:")
     for t in report.targets:
         log.info("  %-45s %9.2f  target %-6s %s", t.what, t.value, t.target,

@@ -38,6 +38,8 @@ DIRECTORY = "imgserve.directory"
 BATCHING = "imgserve.batching"
 BACKEND = "imgserve.backend_settings"
 LIMITS = "imgserve.image_limits"
+QUEUE_BOUND = "imgserve.queue_bound"  # kept by the stub (`triton_server.queue_guard`)
+METRICS = "imgserve.metrics_url"  # where the stub reads its queue's length
 
 # The file tritonserver runs as the model: it only makes the project importable (the
 # project's root comes from the config, the way to the venv's packages from the PATH
@@ -75,9 +77,18 @@ def _data_type(dtype: type | np.dtype) -> int:
 
 
 def model_config(
-    entry: ModelEntry, backend: BackendSettings, limits: ImageLimits, batching: bool = True
+    entry: ModelEntry,
+    backend: BackendSettings,
+    limits: ImageLimits,
+    batching: bool = True,
+    *,
+    metrics_url: str = "",
+    bound_in_triton: bool = False,
 ) -> str:
-    """The Python-backend config.pbtxt of an entry, derived from its committed one."""
+    """The Python-backend config.pbtxt of an entry, derived from its committed one.
+
+    The queue bound goes to the stub (`triton_server.queue_guard` says why), or with
+    `bound_in_triton` to tritonserver's queue policy."""
     path = entry.directory / CONFIG_FILE
     config = parse_config(path.read_text(), str(path))
     config.backend = "python"
@@ -99,7 +110,7 @@ def model_config(
         dynamic.Clear()
         dynamic.preferred_batch_size.extend(batcher.preferred_batch_sizes)
         dynamic.max_queue_delay_microseconds = batcher.max_queue_delay_us
-        if batcher.max_queue_size > 0:
+        if batcher.max_queue_size > 0 and bound_in_triton:
             dynamic.default_queue_policy.max_queue_size = batcher.max_queue_size
     del config.instance_group[:]
     config.instance_group.add(count=entry.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
@@ -114,6 +125,8 @@ def model_config(
         config.output.add(
             name=tensor.name, data_type=_data_type(tensor.dtype), dims=list(tensor.shape)
         )
+    # Without a dynamic batcher (batching off) the queue is unbounded, as in PyTriton mode.
+    stub_bound = 0 if bound_in_triton or batcher.max_batch_size <= 1 else batcher.max_queue_size
     engine, _ = choose_backend(entry, backend)
     runs_in = create_backend(engine, entry.onnx_path, backend, entry.precision).runs_in
     parameters = {
@@ -124,6 +137,8 @@ def model_config(
         BATCHING: "true" if batching else "false",
         BACKEND: backend.model_dump_json(),
         LIMITS: limits.model_dump_json(),
+        QUEUE_BOUND: str(stub_bound),
+        METRICS: metrics_url,
     }
     for key, value in parameters.items():
         config.parameters[key].string_value = value
@@ -136,12 +151,18 @@ def write_model(
     backend: BackendSettings,
     limits: ImageLimits,
     batching: bool = True,
+    *,
+    metrics_url: str = "",
+    bound_in_triton: bool = False,
 ) -> Path:
     """The entry's native model in the server's model store: its config and its model.py."""
     folder = store / entry.name
     version = folder / str(entry.version)
     version.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(model_config(entry, backend, limits, batching))
+    config = model_config(
+        entry, backend, limits, batching, metrics_url=metrics_url, bound_in_triton=bound_in_triton
+    )
+    (folder / CONFIG_FILE).write_text(config)
     (version / "model.py").write_text(MODEL_PY)
     return folder
 

@@ -6,6 +6,8 @@ the stub process (`runners.versions.VersionSet`, the shared engines), turns each
 logic both modes share: decode one image per row, route versions, split the answer), and
 turns each request's answer back into its own `InferenceResponse`: its outputs, or its
 error as a `TritonError` with the code its `ServingError` carries, for that request alone.
+The entry's queue bound is kept here (`triton_server.queue_guard`): a batch from a queue over
+the bound is answered UNAVAILABLE without running.
 
 Latency histograms (`imgserve_triton_compute_ms`, `imgserve_triton_batch_rows`) and the
 prediction log's record counter are custom metrics of the Python backend
@@ -39,6 +41,7 @@ from triton_server import native
 from triton_server.errors import ERROR_OUTPUT
 from triton_server.latency import BATCH_ROWS_BUCKETS, LATENCY_BUCKETS_MS
 from triton_server.model import Replica
+from triton_server.queue_guard import QueueGuard
 
 logger = logging.getLogger("triton_server")
 
@@ -59,6 +62,18 @@ def to_request(request: Any) -> NativeRequest:
     except ValueError:
         parameters = {}
     return NativeRequest(data, parameters if isinstance(parameters, dict) else {})
+
+
+def rows(request: NativeRequest) -> int:
+    """The request's batch rows (its first input's leading dimension)."""
+    first = next(iter(request.data.values()), None)
+    return 1 if first is None or first.ndim == 0 else int(first.shape[0])
+
+
+def unavailable(message: str) -> Any:
+    """An answer of HTTP 503 / gRPC UNAVAILABLE, as tritonserver's own full queue gives."""
+    codes = pb_utils.TritonError
+    return pb_utils.InferenceResponse(output_tensors=[], error=codes(message, codes.UNAVAILABLE))
 
 
 def to_response(answer: dict[str, np.ndarray]) -> Any:
@@ -248,13 +263,23 @@ class NativeModel:
         self.replica = Replica(
             self.versions, limits, self.version_metrics, self.observe, self.predictions
         )
+        self.guard = QueueGuard(
+            entry.name,
+            int(parameters.get(native.QUEUE_BOUND) or 0),
+            entry.batching.max_batch_size,
+            parameters.get(native.METRICS, ""),
+        )
         self.versions.start()  # follow the repository: rollouts (runners.versions)
 
     def observe(self, count: int, seconds: float) -> None:
         self.histograms.observe(count, seconds)
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
-        answers = self.replica([to_request(request) for request in requests])
+        batch = [to_request(request) for request in requests]
+        refusal = self.guard.refuse(sum(rows(request) for request in batch))
+        if refusal is not None:
+            return [unavailable(refusal) for _ in batch]
+        answers = self.replica(batch)
         self.version_metrics.flush()
         return [to_response(answer) for answer in answers]
 

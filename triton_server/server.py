@@ -33,7 +33,7 @@ from lifecycle import consistency
 from lifecycle.supervisor import Rollouts
 from monitoring.predictionlog import PredictionLog
 from monitoring.settings import PredictionLogSettings
-from runners.errors import RepositoryError
+from runners.errors import ModelLoadError, RepositoryError
 from runners.model import LoadedModel
 from runners.modelfile import check_model_file
 from runners.offering import offer
@@ -74,6 +74,13 @@ def select_entries(
         for variant, why in offered.withheld.items():
             logger.info("%s_%s: %s", family, variant, why)
     return entries
+
+
+def _reason(answer: object) -> str:
+    """Why tritonserver could not load a model: its error without the Python backend's stack
+    ("At: ..."; a native stub's engine failing names the file first)."""
+    text = answer.get("error", answer) if isinstance(answer, dict) else answer
+    return str(text).split("\n\nAt:", 1)[0].split("\nAt:", 1)[0].strip()
 
 
 def _become_subreaper() -> None:
@@ -241,7 +248,7 @@ class TritonFrontEnd:
                 answers = list(pool.map(repository.load, names))
             for name, (status, answer) in zip(names, answers, strict=True):
                 if status != 200:
-                    raise RuntimeError(f"tritonserver could not load {name}: {answer}")
+                    raise ModelLoadError(f"tritonserver could not load {name}: {_reason(answer)}")
             if not self.native:
                 pytriton_compat.set_up_models(triton)
             # From the moment readiness can turn 200, SIGTERM drains (after `start`).
@@ -300,6 +307,8 @@ class TritonFrontEnd:
                 self.backend_settings,
                 self.settings.image_limits,
                 batching=self.settings.batching,
+                metrics_url=self.metrics_url,
+                bound_in_triton=self.settings.triton_queue_bound == "triton",
             )
         self._start_latency_metrics()  # the rollout decisions; the rest is in the stubs
         logger.info(

@@ -27,10 +27,16 @@ class TritonSettings(ProjectSettings):
     models: tuple[str, ...] = Field(
         default=(), description="Model families to serve; empty serves every family."
     )
-    triton_mode: Literal["pytriton", "native"] = Field(
-        default="pytriton",
-        description="pytriton: batches run in this process behind PyTriton's proxy; native: "
-        "in tritonserver's Python backend stubs, no proxy (triton_server/native.py).",
+    triton_mode: Literal["native", "pytriton"] = Field(
+        default="native",
+        description="native: batches run in tritonserver's Python backend stubs, no proxy "
+        "(triton_server/native.py); pytriton: in this process behind PyTriton's proxy.",
+    )
+    triton_queue_bound: Literal["stub", "triton"] = Field(
+        default="stub",
+        description="Native mode: who keeps config.pbtxt's max_queue_size: the stub "
+        "(triton_server/queue_guard.py), or tritonserver's queue policy, which stalls "
+        "tritonserver 2.51's batcher for 500 ms at a time under load.",
     )
     batching: bool = Field(
         default=True,

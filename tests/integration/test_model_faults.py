@@ -291,7 +291,11 @@ def test_bentoml_slow_load_is_live_but_not_ready_until_warm(tmp_path: Path) -> N
 def test_triton_slow_load_is_live_but_not_ready_until_warm(tmp_path: Path) -> None:
     repository = digits_copy(tmp_path / "repo")
     markers = tmp_path / "markers"
-    started = triton_serve(repository, tmp_path, slow_env(markers))
+    # PyTriton mode, where the engines load in the launcher: tritonserver's stubs (native
+    # mode) start their interpreter without `sitecustomize`, so the injected delay cannot
+    # reach them; test_triton_native checks readiness while the stubs load.
+    env = {**slow_env(markers), "IMGSERVE_TRITON_MODE": "pytriton"}
+    started = triton_serve(repository, tmp_path, env)
     try:
         warm_at_ready = watch_until_ready(started, TRITON_PROBES, markers)
         body = {

@@ -1,8 +1,10 @@
 """The Triton front end: a real `tritonserver` (from nvidia-pytriton) on free loopback ports.
 
-One server per module, started as `python -m triton_server` the way `make serve-triton` does,
-on a copy of the digits repository whose batching settings make the edge cases cheap to
-reach: digits_int8 has a queue of 1 (overload), digits_fp32 runs 2 instances (replicas).
+One server per module, started as `python -m triton_server --mode pytriton` (the batches run
+in the launcher behind PyTriton's proxy; `test_triton_native` runs every test here again
+against the default, native mode), on a copy of the digits repository whose batching settings
+make the edge cases cheap to reach: digits_int8 has a queue of 1 (overload), digits_fp32 runs 2
+instances (replicas).
 The last test stops the server and checks that no process and no shared memory is left.
 """
 
@@ -126,6 +128,9 @@ def stop(server: TritonProcess) -> None:
             server.process.wait(timeout=10)
 
 
+PYTRITON = {"IMGSERVE_TRITON_MODE": "pytriton"}
+
+
 def launch(root: Path, log: Path, extra_env: dict[str, str] | None = None) -> TritonProcess:
     """`python -m triton_server` on `root`, on free ports; returns once every model is ready."""
     ports = [free_port() for _ in range(4)]
@@ -184,7 +189,9 @@ def launch(root: Path, log: Path, extra_env: dict[str, str] | None = None) -> Tr
 def server(
     repository: Repository, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonProcess]:
-    running = launch(repository.root, tmp_path_factory.mktemp("triton_log") / "server.log")
+    running = launch(
+        repository.root, tmp_path_factory.mktemp("triton_log") / "server.log", PYTRITON
+    )
     try:
         yield running
     finally:
@@ -269,9 +276,12 @@ def test_metadata_and_config_are_truthful(server: TritonProcess, repository: Rep
         preferred = entry.batching.preferred_batch_sizes or (entry.batching.max_batch_size,)
         assert tuple(batching["preferred_batch_size"]) == preferred
         assert batching.get("max_queue_delay_microseconds", 0) == entry.batching.max_queue_delay_us
-        assert batching["default_queue_policy"]["max_queue_size"] == entry.batching.max_queue_size
         assert sum(g["count"] for g in config["instance_group"]) == entry.instances
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        # The queue bound: the stub's in native mode (triton_server.queue_guard), else Triton's.
+        policy = batching.get("default_queue_policy", {}).get("max_queue_size", 0)
+        bound = int(parameters.get("imgserve.queue_bound") or policy)
+        assert bound == entry.batching.max_queue_size
         assert parameters["project.precision"] == entry.precision
         assert parameters["project.variant"] == entry.variant
         # What the engine was told, in its own terms, as the same engine states it here.

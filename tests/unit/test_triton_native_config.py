@@ -16,14 +16,24 @@ from triton_server import native
 ROOT = REPO_ROOT / "model_repository"
 
 
-def _config(batching: bool = True) -> tuple[ModelEntry, Any]:
+METRICS = "http://127.0.0.1:8002/metrics"
+
+
+def _config(batching: bool = True, bound_in_triton: bool = False) -> tuple[ModelEntry, Any]:
     entry = Repository(ROOT, batching=batching).get("digits", "fp32")
-    text = native.model_config(entry, BackendSettings(), ImageLimits(), batching)
+    text = native.model_config(
+        entry,
+        BackendSettings(),
+        ImageLimits(),
+        batching,
+        metrics_url=METRICS,
+        bound_in_triton=bound_in_triton,
+    )
     return entry, parse_config(text)
 
 
 def test_the_config_keeps_the_committed_batching_and_instances() -> None:
-    entry, config = _config()
+    entry, config = _config(bound_in_triton=True)
     committed = parse_config((entry.directory / "config.pbtxt").read_text())
     assert config.backend == "python"
     assert config.max_batch_size == committed.max_batch_size
@@ -35,6 +45,7 @@ def test_the_config_keeps_the_committed_batching_and_instances() -> None:
     )
     assert [g.count for g in config.instance_group] == [entry.instances]
     parameters = {k: v.string_value for k, v in config.parameters.items()}
+    assert parameters[native.QUEUE_BOUND] == "0"  # tritonserver keeps it
     assert parameters["project.precision"] == entry.precision  # the committed ones are kept
     assert Path(parameters[native.DIRECTORY]) == entry.directory
     assert Path(parameters[native.PROJECT]) == REPO_ROOT
@@ -58,3 +69,18 @@ def test_batching_off_has_no_dynamic_batcher() -> None:
     assert config.max_batch_size == 1
     assert not config.HasField("dynamic_batching")
     assert {k: v.string_value for k, v in config.parameters.items()}[native.BATCHING] == "false"
+
+
+def test_by_default_the_stub_keeps_the_queue_bound_and_triton_prefetches() -> None:
+    """A queue policy turns tritonserver's payload prefetching off (triton_server.queue_guard
+    says what that costs), so the bound goes to the stub, with where to read the queue."""
+    entry, config = _config()
+    committed = parse_config((entry.directory / "config.pbtxt").read_text())
+    assert not config.dynamic_batching.HasField("default_queue_policy")
+    committed.dynamic_batching.ClearField("default_queue_policy")
+    assert text_format.MessageToString(config.dynamic_batching) == text_format.MessageToString(
+        committed.dynamic_batching
+    )
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    assert int(parameters[native.QUEUE_BOUND]) == entry.batching.max_queue_size > 0
+    assert parameters[native.METRICS] == METRICS
