@@ -188,17 +188,42 @@ def overload(result: Result) -> str:
 def integrity(result: Result) -> str:
     lines = [
         _source(result, "make bench-integrity"),
-        f"`{result['model']}` on Triton, {result['concurrency']} concurrent clients a protocol, "
+        f"`{result['model']}` on Triton ({result.get('mode', 'pytriton')} mode), "
+        f"{result['concurrency']} concurrent clients a protocol, "
         "every answer compared with its own image's.",
         "",
-        "| protocol | requests | right | wrong | errors | req/s | 0 wrong, 0 errors |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| protocol | requests | right | wrong | errors | req/s | slowest answer ms "
+        "| 0 wrong, 0 errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["protocols"]:
+        slowest = row.get("slowest_ms")
         lines.append(
             f"| {row['protocol']} | {row['requests']:,} | {row['right']:,} | {row['wrong']} | "
             f"{row['errors']} | {row['requests_per_s']:,.0f} | "
+            f"{'-' if slowest is None else f'{slowest:,.0f}'} | "
             f"{_met(row['wrong'] == 0 and row['errors'] == 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def tritonmodes(result: Result) -> str:
+    lines = [
+        _source(result, "python -m bench.triton_modes"),
+        f"`digits_fp32` on Triton, {result['concurrency']} concurrent clients a protocol, the "
+        "median round; the server's CPU from the kernel's CPU time of its whole process tree "
+        "(launcher, tritonserver, stubs).",
+        "",
+        "| mode | instances | queue bound kept by | protocol | req/s | server CPU ms / request "
+        "| slowest answer ms | wrong or failed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["cells"]:
+        lines.append(
+            f"| {row['mode']} | {row['instances']} | {row.get('queue_bound', 'triton')} | "
+            f"{row['protocol']} | {row['requests_per_s']:,.0f} | "
+            f"{row['cpu_ms_per_request']:.2f} | {row.get('slowest_ms', 0):,.0f} | "
+            f"{row['wrong_or_failed']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -349,11 +374,14 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "predictionlog": predictionlog,
     "overload": overload,
     "integrity": integrity,
+    "tritonmodes": tritonmodes,
 }
+# A block whose results file is not named after it.
+FILES = {"tritonmodes": "triton-modes"}
 
 
 def load(name: str, folder: Path = COMMITTED) -> Result | None:
-    path = folder / f"bench-{name}.json"
+    path = folder / f"bench-{FILES.get(name, name)}.json"
     if not path.is_file():
         return None
     found: Result = json.loads(path.read_text())
@@ -419,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.take is not None:
         COMMITTED.mkdir(parents=True, exist_ok=True)
         for name in RENDERERS:
-            source = args.take / f"bench-{name}.json"
+            source = args.take / f"bench-{FILES.get(name, name)}.json"
             if source.is_file():
                 shutil.copyfile(source, COMMITTED / source.name)
     stale = []

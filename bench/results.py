@@ -28,7 +28,7 @@ def write(path: Path, bench: str, figures: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "bench": bench,
-        "command": "python -m bench." + bench + " " + " ".join(sys.argv[1:]),
+        "command": "python -m bench." + bench.replace("-", "_") + " " + " ".join(sys.argv[1:]),
         "machine": describe_machine(),
         "cpu": this_cpu().model_dump(mode="json"),
         **figures,

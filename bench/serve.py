@@ -94,6 +94,8 @@ class Report(BaseModel):
     cold_start_s: dict[str, float]
     rss_mb: dict[str, dict[str, float]]
     server_cpu_s: dict[str, float]
+    # Per cell: its server's CPU time (the kernel's, whole process tree) per request answered.
+    server_cpu_ms_per_request: dict[str, float] = {}
     generator_cpu_share: float
     targets: list[Target]
 
@@ -176,21 +178,26 @@ def cell(contender: Contender, rounds: list[LoadResult]) -> Cell:
     )
 
 
-def raw_figures(repository: Path, cells: dict[str, tuple[str, int]]) -> dict[str, float]:
+def raw_figures(
+    repository: Path, cells: dict[str, tuple[str, int]], rounds: int = 3
+) -> dict[str, float]:
     """In-process images/s of the profile's variants, on the backend the servers pick: per
-    cell name, its variant at its batch size."""
+    cell name, its variant at its batch size, the median of alternating rounds."""
     settings = BackendSettings()
     entries = Repository(repository).families()[PROFILE]
-    out = {}
-    for name, (variant, batch_size) in cells.items():
+    backends = {}
+    for variant in sorted({variant for variant, _ in cells.values()}):
         entry = entries[variant]
-        backend = create_backend(
+        backends[variant] = create_backend(
             settings.backend or entry.preferred_backend, entry.onnx_path, settings
         )
-        backend.load()
-        timing = time_backend(backend, batch_size, duration_s=4.0)
-        out[name] = timing.images_per_s
-    return out
+        backends[variant].load()
+    found: dict[str, list[float]] = {name: [] for name in cells}
+    for _ in range(rounds):
+        for name, (variant, batch_size) in cells.items():
+            timing = time_backend(backends[variant], batch_size, duration_s=2.0)
+            found[name].append(timing.images_per_s)
+    return {name: statistics.median(speeds) for name, speeds in found.items()}
 
 
 def batch_sizes(metrics_text: str, models: list[str]) -> dict[str, float]:
@@ -295,7 +302,15 @@ def run(args: argparse.Namespace, work: Path) -> Report:
     finally:
         for server in started.values():
             servers.stop(server)
-    if profiles:
+    if profiles:  # in process, with every server stopped
+        report.raw_images_per_s = raw_figures(
+            repository,
+            {
+                **{f"{PROFILE} {v}": (v, 32) for v in ("fp32", "int8")},
+                **{cell: (cell.rsplit(" ", 1)[1], max(1, round(size)))
+                   for cell, size in report.triton_batch_size.items()},
+            },
+        )  # fmt: skip
         report.cold_start_s["service (default model only)"] = cold_default
     report.targets = targets(report)
     return report
@@ -319,14 +334,17 @@ def measure(
                    work / "warmup" / contender.user, contender.options)  # fmt: skip
     results: dict[str, list[LoadResult]] = {c.name: [] for c in chosen}
     cpu_before = {name: s.cpu_seconds() for name, s in started.items()}
+    cell_cpu = dict.fromkeys(results, 0.0)  # each cell's server CPU seconds, over its rounds
     generator_cpu = 0.0
     for number in range(args.rounds):
         for contender in chosen:
             prefix = work / f"round{number}" / contender.name.replace(" ", "_")
+            server = started[contender.server]
+            before = server.cpu_seconds()
             result = run_locust(
-                started[contender.server].url, contender.user, args.users, args.round_s,
-                prefix, contender.options,
-            )  # fmt: skip
+                server.url, contender.user, args.users, args.round_s, prefix, contender.options
+            )
+            cell_cpu[contender.name] += server.cpu_seconds() - before
             if result.errors:  # what failed: the run's folder is gone after the benchmark
                 for failures in prefix.parent.glob(prefix.name + "*_failures.csv"):
                     log.warning("%s failures:\n%s", contender.name, failures.read_text())
@@ -343,22 +361,14 @@ def measure(
                 result.p99_ms, result.errors, result.shed,
             )  # fmt: skip
     server_cpu = {name: s.cpu_seconds() - cpu_before[name] for name, s in started.items()}
+    requests = {name: sum(r.requests for r in found) for name, found in results.items()}
     loaded_rss = {name: s.rss_mb() for name, s in started.items()}
     formed: dict[str, float] = {}
-    raw: dict[str, float] = {}
     if profiles:
         models = {f"{TRITON_PREFIX}{PROFILE} {v}": f"{PROFILE}_{v}" for v in ("fp32", "int8")}
         sizes = batch_sizes(httpx.get(started["triton"].extra["metrics"]).text,
                             list(models.values()))  # fmt: skip
         formed = {cell: sizes[model] for cell, model in models.items() if model in sizes}
-        raw = raw_figures(
-            args.repository,
-            {
-                **{f"{PROFILE} {v}": (v, 32) for v in ("fp32", "int8")},
-                **{cell: (cell.rsplit(" ", 1)[1], max(1, round(size)))
-                   for cell, size in formed.items()},
-            },
-        )  # fmt: skip
     busy = args.rounds * args.round_s * len(chosen)
     return Report(
         machine=machine,
@@ -366,7 +376,7 @@ def measure(
         round_s=args.round_s,
         rounds=args.rounds,
         cells=[cell(c, results[c.name]) for c in chosen],
-        raw_images_per_s=raw,
+        raw_images_per_s={},
         triton_batch_size=formed,
         cold_start_s={name: s.ready_after_s for name, s in started.items()},
         rss_mb={
@@ -375,6 +385,9 @@ def measure(
             for when, rss in (("idle", idle_rss[name]), ("after load", loaded_rss[name]))
         },
         server_cpu_s=server_cpu,
+        server_cpu_ms_per_request={
+            name: 1000 * cell_cpu[name] / requests[name] for name in results if requests[name]
+        },
         generator_cpu_share=generator_cpu / busy,
         targets=[],
     )
@@ -395,6 +408,8 @@ def show(report: Report) -> None:
     for name, rss in report.rss_mb.items():
         parts = ", ".join(f"{proc.split(':', 1)[1]} {mb:.0f}" for proc, mb in rss.items())
         log.info("  resident MB, %-20s total %6.0f  (%s)", name, sum(rss.values()), parts)
+    for name, ms in report.server_cpu_ms_per_request.items():
+        log.info("  server CPU per request, %-26s %7.2f ms", name, ms)
     for name, raw in report.raw_images_per_s.items():
         batch = round(report.triton_batch_size.get(name, 32))
         log.info("  raw in-process %-26s %8.1f images/s (batch %d)", name, raw, batch)

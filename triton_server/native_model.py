@@ -276,7 +276,7 @@ class NativeModel:
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         batch = [to_request(request) for request in requests]
-        refusal = self.guard.refuse(sum(rows(request) for request in batch))
+        refusal = self.guard.refuse(sum(rows(request) for request in batch), len(batch))
         if refusal is not None:
             return [unavailable(refusal) for _ in batch]
         answers = self.replica(batch)

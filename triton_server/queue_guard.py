@@ -35,8 +35,16 @@ MESSAGE = "Exceeds maximum queue size"
 class QueueGuard:
     """Whether a model's queue holds more than its bound (`refuse`), from Triton's metrics."""
 
-    def __init__(self, model: str, bound: int, max_batch_size: int, metrics_url: str) -> None:
+    def __init__(
+        self,
+        model: str,
+        bound: int,
+        max_batch_size: int,
+        metrics_url: str,
+        ttl_s: float = READING_TTL_S,
+    ) -> None:
         self.model = model
+        self.ttl_s = ttl_s
         self.bound = bound if metrics_url else 0
         # Fewer rows than this came from a queue shorter than the bound: no reading needed.
         self.check_rows = max(1, min(bound, max_batch_size // 2))
@@ -53,20 +61,24 @@ class QueueGuard:
         self._pending = 0
         self._failed = False
 
-    def refuse(self, rows: int) -> str | None:
-        """The refusal for a batch of `rows` rows when the queue behind it is over the bound,
-        else None. A failed reading refuses nothing (the bound is a guard, not a gate)."""
+    def refuse(self, rows: int, requests: int) -> str | None:
+        """The refusal for a batch of `requests` requests and `rows` rows when the queue behind
+        it is over the bound, else None. A failed reading refuses nothing (the bound is a
+        guard, not a gate)."""
         if self.bound <= 0 or rows < self.check_rows:
             return None
         pending = self.pending()
         if pending is None or pending <= self.bound:
             return None
+        # The reading is reused for a few ms: what is refused now no longer waits, so the
+        # batches after this one are refused only while the queue is still over the bound.
+        self._pending = max(0, pending - requests)
         return f"{MESSAGE}: {pending} requests wait for {self.model}, its bound is {self.bound}"
 
     def pending(self) -> int | None:
-        """The model's queued requests, read at most every `READING_TTL_S`."""
+        """The model's queued requests, read at most every `ttl_s`."""
         now = time.monotonic()
-        if now - self._read_at < READING_TTL_S:
+        if now - self._read_at < self.ttl_s:
             return self._pending
         try:
             text = self._get()

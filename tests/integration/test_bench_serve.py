@@ -20,7 +20,7 @@ def test_bench_serve_quick_run(tmp_path: Path) -> None:
     cells = {c["name"]: c for c in report["cells"]}
     assert set(cells) == {
         "service", "service (raw body)", "bentoml trivial", "plain baseline", "triton http",
-        "triton grpc", "triton native http", "triton native grpc", "service batch",
+        "triton grpc", "triton pytriton http", "triton pytriton grpc", "service batch",
     }  # fmt: skip
     for name, c in cells.items():
         assert c["requests_per_s"] > 0, name
@@ -34,3 +34,6 @@ def test_bench_serve_quick_run(tmp_path: Path) -> None:
     assert "service / plain baseline (req/s)" in targets
     assert "service cold start to ready (s)" in targets
     assert report["rss_mb"]["service idle"]
+    # The entry-to-engine cost of each server, PyTriton's proxy and native mode among them.
+    for name in ("triton http", "triton pytriton http", "service"):
+        assert report["server_cpu_ms_per_request"][name] > 0, name

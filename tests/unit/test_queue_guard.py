@@ -58,24 +58,18 @@ def endpoint() -> Iterator[tuple[str, Metrics]]:
         server.server_close()
 
 
-def _fresh(guard: QueueGuard) -> None:
-    guard._read_at = -1.0  # the next refusal reads the endpoint again
-
-
 def test_a_queue_over_its_bound_refuses_the_batch(endpoint: tuple[str, Metrics]) -> None:
     url, metrics = endpoint
-    guard = QueueGuard(MODEL, bound=8, max_batch_size=64, metrics_url=url)
+    guard = QueueGuard(MODEL, bound=8, max_batch_size=64, metrics_url=url, ttl_s=0)
     metrics.pending[MODEL] = 8
-    assert guard.refuse(64) is None  # at the bound: served
-    _fresh(guard)
+    assert guard.refuse(64, 1) is None  # at the bound: served
     metrics.pending[MODEL] = 9
-    refusal = guard.refuse(64)
+    refusal = guard.refuse(64, 1)
     assert refusal is not None
     assert refusal.startswith(MESSAGE)
     assert "9 requests wait for digits_fp32" in refusal
-    _fresh(guard)
     metrics.pending = {MODEL: 0, "digits_int8": 500}  # another model's queue is not ours
-    assert guard.refuse(64) is None
+    assert guard.refuse(64, 1) is None
 
 
 def test_small_batches_come_from_short_queues_and_read_nothing(
@@ -84,31 +78,44 @@ def test_small_batches_come_from_short_queues_and_read_nothing(
     url, metrics = endpoint
     metrics.pending[MODEL] = 1000
     guard = QueueGuard(MODEL, bound=512, max_batch_size=64, metrics_url=url)
-    assert guard.refuse(31) is None
+    assert guard.refuse(31, 1) is None
     assert metrics.reads == 0
-    assert guard.refuse(32) is not None
+    assert guard.refuse(32, 1) is not None
     assert metrics.reads == 1
 
 
-def test_one_reading_serves_the_batches_of_a_few_milliseconds(
+def test_one_reading_serves_the_batches_of_its_time_to_live(
     endpoint: tuple[str, Metrics],
 ) -> None:
     url, metrics = endpoint
-    guard = QueueGuard(MODEL, bound=1, max_batch_size=64, metrics_url=url)
+    guard = QueueGuard(MODEL, bound=1, max_batch_size=64, metrics_url=url, ttl_s=60)
     for _ in range(20):
-        guard.refuse(1)
-    assert 1 <= metrics.reads < 20
+        guard.refuse(1, 1)
+    assert metrics.reads == 1
 
 
 def test_no_bound_or_no_metrics_refuses_nothing(endpoint: tuple[str, Metrics]) -> None:
     url, metrics = endpoint
     metrics.pending[MODEL] = 10_000
-    assert QueueGuard(MODEL, bound=0, max_batch_size=64, metrics_url=url).refuse(64) is None
-    assert QueueGuard(MODEL, bound=4, max_batch_size=64, metrics_url="").refuse(64) is None
+    assert QueueGuard(MODEL, bound=0, max_batch_size=64, metrics_url=url).refuse(64, 1) is None
+    assert QueueGuard(MODEL, bound=4, max_batch_size=64, metrics_url="").refuse(64, 1) is None
     assert metrics.reads == 0
 
 
 def test_an_unreachable_endpoint_refuses_nothing(caplog: pytest.LogCaptureFixture) -> None:
     guard = QueueGuard(MODEL, bound=1, max_batch_size=64, metrics_url="http://127.0.0.1:9/m")
-    assert guard.refuse(64) is None
+    assert guard.refuse(64, 1) is None
     assert "cannot read the queue length" in caplog.text
+
+
+def test_a_reused_reading_counts_what_was_refused(endpoint: tuple[str, Metrics]) -> None:
+    """Refusals take microseconds: within one reading the stub refuses what is over the
+    bound, not the whole queue."""
+    url, metrics = endpoint
+    metrics.pending[MODEL] = 20
+    guard = QueueGuard(MODEL, bound=8, max_batch_size=64, metrics_url=url, ttl_s=60)
+    refused = 0
+    while guard.refuse(64, 4) is not None:
+        refused += 4
+    assert refused == 12
+    assert metrics.reads == 1
