@@ -43,6 +43,7 @@ HEADLINE_SERVED = (
     "service / plain baseline (req/s)",
     "service p99 ms",
     "service cold start to ready (s)",
+    "triton grpc / service (req/s)",
 )
 
 
@@ -101,13 +102,17 @@ def serve(result: Result) -> str:
         f"{result['users']} Locust users, {result['rounds']} alternating rounds of "
         f"{result['round_s']:g} s, the median round counting.",
         "",
-        "| front end | req/s | images/s | p50 ms | p99 ms | errors | shed |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| front end | req/s | images/s | p50 ms | p99 ms | errors | shed "
+        "| server CPU ms / request |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    cpu = result.get("server_cpu_ms_per_request", {})
     for cell in result["cells"]:
+        ms = cpu.get(cell["name"])
         lines.append(
             f"| {cell['name']} | {cell['requests_per_s']:,.0f} | {cell['images_per_s']:,.0f} | "
-            f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {cell['errors']} | {cell['shed']} |"
+            f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {cell['errors']} | {cell['shed']} | "
+            f"{'-' if ms is None else f'{ms:.2f}'} |"
         )
     lines += ["", "| target | measured | wanted | |", "| --- | --- | --- | --- |"]
     for target in result["targets"]:

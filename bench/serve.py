@@ -17,9 +17,10 @@ CPU time is reported. The ratios the serving issues target are printed with thei
 whether met or not, and everything is written to JSON. With the ResNet-50 load profile in
 the repository (`make profiles`), served INT8 and FP32 images/s (through the service, and
 through Triton) are compared with the raw in-process figure of the same variant and backend
-(for Triton, at the mean batch size its dynamic batcher formed, from its own counters). With
-the digit detector in the repository (committed), its FP32 and INT8 variants are served to
-Locust's detection user.
+(for Triton, at the mean batch size its dynamic batcher formed in the first round, from its
+own counters), the raw figures timed in rounds between the served ones. With the digit
+detector in the repository (committed), its FP32 and INT8 variants are served to Locust's
+detection user.
 """
 
 from __future__ import annotations
@@ -178,26 +179,40 @@ def cell(contender: Contender, rounds: list[LoadResult]) -> Cell:
     )
 
 
-def raw_figures(
-    repository: Path, cells: dict[str, tuple[str, int]], rounds: int = 3
-) -> dict[str, float]:
-    """In-process images/s of the profile's variants, on the backend the servers pick: per
-    cell name, its variant at its batch size, the median of alternating rounds."""
-    settings = BackendSettings()
-    entries = Repository(repository).families()[PROFILE]
-    backends = {}
-    for variant in sorted({variant for variant, _ in cells.values()}):
-        entry = entries[variant]
-        backends[variant] = create_backend(
-            settings.backend or entry.preferred_backend, entry.onnx_path, settings
-        )
-        backends[variant].load()
-    found: dict[str, list[float]] = {name: [] for name in cells}
-    for _ in range(rounds):
-        for name, (variant, batch_size) in cells.items():
-            timing = time_backend(backends[variant], batch_size, duration_s=2.0)
-            found[name].append(timing.images_per_s)
-    return {name: statistics.median(speeds) for name, speeds in found.items()}
+class RawFigures:
+    """The raw in-process images/s of the profile's variants, on the backend the servers
+    pick, timed in rounds between the served rounds (the servers idle meanwhile): per cell
+    name, its variant at its batch size (the service's 32, Triton's what its batcher formed)."""
+
+    def __init__(self, repository: Path, cells: dict[str, tuple[str, int]]) -> None:
+        settings = BackendSettings()
+        entries = Repository(repository).families()[PROFILE]
+        self.cells = cells
+        self.backends = {}
+        for variant in sorted({variant for variant, _ in cells.values()}):
+            entry = entries[variant]
+            self.backends[variant] = create_backend(
+                settings.backend or entry.preferred_backend, entry.onnx_path, settings
+            )
+            self.backends[variant].load()
+        self.rounds: dict[str, list[float]] = {name: [] for name in cells}
+
+    def time_round(self) -> None:
+        for name, (variant, batch_size) in self.cells.items():
+            timing = time_backend(self.backends[variant], batch_size, duration_s=2.0)
+            self.rounds[name].append(timing.images_per_s)
+            log.info("raw      %-30s %8.1f images/s at batch %d", name, timing.images_per_s,
+                     batch_size)  # fmt: skip
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(found) for name, found in self.rounds.items() if found}
+
+
+def triton_batches(server: servers.Server) -> dict[str, float]:
+    """Per Triton cell of the load profile, the mean batch size its batcher has formed."""
+    models = {f"{TRITON_PREFIX}{PROFILE} {v}": f"{PROFILE}_{v}" for v in ("fp32", "int8")}
+    sizes = batch_sizes(httpx.get(server.extra["metrics"]).text, list(models.values()))
+    return {cell: sizes[model] for cell, model in models.items() if model in sizes}
 
 
 def batch_sizes(metrics_text: str, models: list[str]) -> dict[str, float]:
@@ -302,15 +317,7 @@ def run(args: argparse.Namespace, work: Path) -> Report:
     finally:
         for server in started.values():
             servers.stop(server)
-    if profiles:  # in process, with every server stopped
-        report.raw_images_per_s = raw_figures(
-            repository,
-            {
-                **{f"{PROFILE} {v}": (v, 32) for v in ("fp32", "int8")},
-                **{cell: (cell.rsplit(" ", 1)[1], max(1, round(size)))
-                   for cell, size in report.triton_batch_size.items()},
-            },
-        )  # fmt: skip
+    if profiles:
         report.cold_start_s["service (default model only)"] = cold_default
     report.targets = targets(report)
     return report
@@ -336,6 +343,8 @@ def measure(
     cpu_before = {name: s.cpu_seconds() for name, s in started.items()}
     cell_cpu = dict.fromkeys(results, 0.0)  # each cell's server CPU seconds, over its rounds
     generator_cpu = 0.0
+    raw: RawFigures | None = None
+    formed: dict[str, float] = {}
     for number in range(args.rounds):
         for contender in chosen:
             prefix = work / f"round{number}" / contender.name.replace(" ", "_")
@@ -360,15 +369,18 @@ def measure(
                 number + 1, contender.name, result.requests_per_s, result.p50_ms,
                 result.p99_ms, result.errors, result.shed,
             )  # fmt: skip
+        if profiles:  # the raw figures, side by side with the served ones
+            if raw is None:  # the batch size Triton's batcher formed in the first round
+                formed = triton_batches(started["triton"])
+                raw = RawFigures(args.repository, {
+                    **{f"{PROFILE} {v}": (v, 32) for v in ("fp32", "int8")},
+                    **{cell: (cell.rsplit(" ", 1)[1], max(1, round(size)))
+                       for cell, size in formed.items()},
+                })  # fmt: skip
+            raw.time_round()
     server_cpu = {name: s.cpu_seconds() - cpu_before[name] for name, s in started.items()}
     requests = {name: sum(r.requests for r in found) for name, found in results.items()}
     loaded_rss = {name: s.rss_mb() for name, s in started.items()}
-    formed: dict[str, float] = {}
-    if profiles:
-        models = {f"{TRITON_PREFIX}{PROFILE} {v}": f"{PROFILE}_{v}" for v in ("fp32", "int8")}
-        sizes = batch_sizes(httpx.get(started["triton"].extra["metrics"]).text,
-                            list(models.values()))  # fmt: skip
-        formed = {cell: sizes[model] for cell, model in models.items() if model in sizes}
     busy = args.rounds * args.round_s * len(chosen)
     return Report(
         machine=machine,
@@ -376,7 +388,7 @@ def measure(
         round_s=args.round_s,
         rounds=args.rounds,
         cells=[cell(c, results[c.name]) for c in chosen],
-        raw_images_per_s={},
+        raw_images_per_s=raw.medians() if raw is not None else {},
         triton_batch_size=formed,
         cold_start_s={name: s.ready_after_s for name, s in started.items()},
         rss_mb={

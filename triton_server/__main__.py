@@ -3,7 +3,7 @@
 python -m triton_server [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
                         [--latency-metrics-port 8003] [--host 127.0.0.1]
                         [--repository model_repository] [--models digits ...]
-                        [--mode pytriton|native]
+                        [--mode native|pytriton]
 
 Flags override `IMGSERVE_*` environment variables, which override `serving.toml`.
 SIGTERM drains (not ready, `IMGSERVE_DRAIN_DELAY_S` more serving, new requests refused, the
@@ -47,15 +47,15 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--grpc-port", type=int, help="KServe v2 gRPC port (8001)")
     parser.add_argument("--metrics-port", type=int, help="Triton's nv_* metrics port (8002)")
     parser.add_argument(
-        "--latency-metrics-port", type=int, help="latency histograms port (8003; 0: off)"
+        "--latency-metrics-port", type=int, help="the launcher's metrics port (8003; 0: off)"
     )
     parser.add_argument("--repository", type=Path, help="model repository root")
     parser.add_argument("--models", nargs="+", help="model families to serve (default: all)")
     parser.add_argument(
         "--mode",
-        choices=("pytriton", "native"),
-        help="pytriton (default): batches run in this process behind PyTriton's proxy; "
-        "native: in tritonserver's Python backend stubs",
+        choices=("native", "pytriton"),
+        help="native (default): batches run in tritonserver's Python backend stubs; "
+        "pytriton: in this process behind PyTriton's proxy",
     )
     args = vars(parser.parse_args(argv))
     return {_FLAGS[k]: v for k, v in args.items() if v is not None}

@@ -4,9 +4,9 @@
         server.wait()            # or send requests to server.http_url / server.grpc_url
 
 PyTriton starts the `tritonserver` binary it ships, with one Python-backend model per entry.
-In PyTriton mode (the default) the model's inference callables (one per instance of
-`instance_group`) run in this process, behind PyTriton's proxy; in native mode
-(`triton_mode`, `triton_server.native`) each model's stub runs the batch itself.
+In native mode (the default; `triton_mode`, `triton_server.native`) each model's stub runs
+the batch itself; in PyTriton mode the model's inference callables (one per instance of
+`instance_group`) run in this process, behind PyTriton's proxy.
 `request_drain` (what SIGTERM calls) makes `wait` drain the server (`triton_server.drain`)
 and return; leaving the `with` block stops it.
 """

@@ -55,7 +55,8 @@ class TritonSettings(ProjectSettings):
         default=8003,
         ge=0,
         le=65535,
-        description="The launcher's batch histograms (imgserve_triton_*); 0 turns them off.",
+        description="The launcher's own metrics: rollout decisions, and in PyTriton mode the "
+        "batch histograms (imgserve_triton_*); 0 turns them off.",
     )
     shutdown_timeout_s: int = Field(
         default=10,
