@@ -6,7 +6,7 @@ PyTriton 0.7 ships, the dynamic batcher then loses wake-ups: under steady load e
 request of a model waits for the batcher's 500 ms idle timeout a few times a second, while
 `nv_inference_pending_request_count` holds every client's request and no batch runs (fixed
 upstream after 2.51: core PR #509 and the batcher's lost-wakeup fixes). `python -m
-bench.triton_modes --queue-bound both` measures it. So the native config carries no queue
+bench.triton_modes --queue-bounds stub triton` measures it. So the native config carries no queue
 policy, and the stub keeps the entry's bound: before it runs a batch that may have come from a
 long queue, it reads its model's pending count from Triton's own metrics, and when more
 requests wait than the bound allows it answers the batch UNAVAILABLE (HTTP 503, gRPC
