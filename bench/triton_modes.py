@@ -11,11 +11,11 @@ always gives it to tritonserver) it starts one server on a copy of the committed
 entry with that count, and sends it
 `--requests` image requests per protocol (`bench.integrity.hammer`: every answer checked
 against its own image), in alternating rounds so that a burst of other load on a shared
-machine does not favour one of them. Reported per cell, the median round: requests per
-second, the slowest answer (a stalled batcher shows as 500 ms and more), and the server's CPU
-milliseconds per request from the kernel's CPU time of the server's whole process tree
-(launcher, tritonserver and its stubs), which is the cost from the request's entry to the
-engine and back.
+machine does not favour one of them. Reported per cell: the median round's requests per
+second and server CPU, and the slowest answer of all its rounds (a stalled batcher shows as
+500 ms and more). The CPU is milliseconds per request from the kernel's CPU time of the
+server's whole process tree (launcher, tritonserver and its stubs): the cost from the
+request's entry to the engine and back.
 """
 
 from __future__ import annotations
