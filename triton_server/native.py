@@ -145,23 +145,12 @@ def model_config(
     return str(text_format.MessageToString(config))
 
 
-def write_model(
-    store: Path,
-    entry: ModelEntry,
-    backend: BackendSettings,
-    limits: ImageLimits,
-    batching: bool = True,
-    *,
-    metrics_url: str = "",
-    bound_in_triton: bool = False,
-) -> Path:
-    """The entry's native model in the server's model store: its config and its model.py."""
+def write_model(store: Path, entry: ModelEntry, config: str) -> Path:
+    """The entry's native model in the server's model store: its config (`model_config`) and
+    its model.py."""
     folder = store / entry.name
     version = folder / str(entry.version)
     version.mkdir(parents=True, exist_ok=True)
-    config = model_config(
-        entry, backend, limits, batching, metrics_url=metrics_url, bound_in_triton=bound_in_triton
-    )
     (folder / CONFIG_FILE).write_text(config)
     (version / "model.py").write_text(MODEL_PY)
     return folder

@@ -70,7 +70,7 @@ class QueueGuard:
         pending = self.pending()
         if pending is None or pending <= self.bound:
             return None
-        # The reading is reused for a few ms: what is refused now no longer waits, so the
+        # The reading is reused for a few ms: what is refused now leaves the queue, so the
         # batches after this one are refused only while the queue is still over the bound.
         self._pending = max(0, pending - requests)
         return f"{MESSAGE}: {pending} requests wait for {self.model}, its bound is {self.bound}"

@@ -301,8 +301,7 @@ class TritonFrontEnd:
     def _write_native_models(self, store: Path) -> None:
         """Native mode: each entry's Python-backend model in the server's model store."""
         for entry in self.entries:
-            native.write_model(
-                store,
+            config = native.model_config(
                 entry,
                 self.backend_settings,
                 self.settings.image_limits,
@@ -310,6 +309,7 @@ class TritonFrontEnd:
                 metrics_url=self.metrics_url,
                 bound_in_triton=self.settings.triton_queue_bound == "triton",
             )
+            native.write_model(store, entry, config)
         self._start_latency_metrics()  # the rollout decisions; the rest is in the stubs
         logger.info(
             "native mode: %s run in tritonserver's Python backend stubs, each with its own "
