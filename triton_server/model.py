@@ -28,6 +28,7 @@ from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tens
 
 from lifecycle.metrics import VersionMetrics
 from monitoring.predictionlog import PredictionLog
+from runners.decoding import BatchDecoder
 from runners.errors import InvalidTensor, NotFound, ServingError
 from runners.preprocessing import ImageLimits
 from runners.repository import ModelEntry
@@ -110,6 +111,9 @@ def requested_version(request: Any) -> int | None:
 
 
 Seen = tuple[Any, list[Any], list[bytes]]  # a request, its images' metas, its images
+# A request whose form and version were read: it, its tensors (None: it sent images), its
+# images, and the version it pins.
+_Checked = tuple[Any, Tensors | None, list[bytes], int | None]
 OPTIONS = AnswerOptions()  # what the prediction log keeps: the default top k
 
 
@@ -138,8 +142,11 @@ class Replica:
         metrics: VersionMetrics,
         on_batch: BatchObserver | None = None,
         predictions: PredictionLog | None = None,
+        *,
+        decode_threads: int = 1,
     ) -> None:
         self.versions = versions
+        self.decoder = BatchDecoder(decode_threads)
         self.limits = limits
         self.metrics = metrics
         self.on_batch = on_batch
@@ -157,17 +164,33 @@ class Replica:
         seen: list[Seen] = []  # per admitted request, for the prediction log
         rows = 0
         entry = self.versions.entry
+        routes: list[Tensors] = []  # per admitted request, its rows' routing columns
+        checked: list[_Checked | ServingError] = []
         for request in requests:
             try:
-                part, stats, images = self._tensors(request)
-                count = batch_size(part)
-                asked = requested_version(request)
-                part.update(route_columns(count, asked, random.random()))
+                checked.append((request, *self._inputs(request)))
             except ServingError as exc:
+                checked.append(exc)
+        # Every image of the batch's image requests is decoded in one go, on the decoder's
+        # threads; each request gets its rows back, or its first bad image's error.
+        decoded, whole = self._decode(
+            [c[2] for c in checked if not isinstance(c, ServingError) and c[1] is None]
+        )
+        results = iter(decoded)
+        for item in checked:
+            if isinstance(item, ServingError):
+                outcome: tuple[Tensors, list[Any]] | ServingError = item
+            else:
+                request, tensors, images, asked = item
+                outcome = next(results) if tensors is None else (tensors, [])
+            if isinstance(outcome, ServingError):
                 # Triton logs no request it answers with an error: say which and why here.
-                logger.info("%s: request refused: %s", entry.name, exc.message)
-                slots.append(exc)
+                logger.info("%s: request refused: %s", entry.name, outcome.message)
+                slots.append(outcome)
                 continue
+            part, stats = outcome
+            count = batch_size(part)
+            routes.append(route_columns(count, asked, random.random()))
             slots.append((rows, rows + count, asked))
             parts.append(part)
             seen.append((request, stats, images))
@@ -175,8 +198,13 @@ class Replica:
         if not parts:
             return [error_output(slot) for slot in slots if isinstance(slot, ServingError)]
         task = get_task(entry.task)
+        if whole is not None and len(parts) == len(decoded):
+            # Only image requests, every image decoded: their rows are the decoded batch.
+            batch = {**whole, **concat(routes)}
+        else:
+            batch = concat([{**part, **route} for part, route in zip(parts, routes, strict=True)])
         try:
-            routed = self.versions.run(concat(parts))
+            routed = self.versions.run(batch)
             # What the task kept of each row's image (None: a tensor row): boxes in its pixels.
             metas = [
                 meta
@@ -260,9 +288,9 @@ class Replica:
                 stats=stats, images=images, shadows=verdicts[start:end].tolist(),
             )  # fmt: skip
 
-    def _tensors(self, request: Any) -> tuple[Tensors, list[Any], list[bytes]]:
-        """The request's model inputs, and for images what the task kept of each and the
-        images themselves (empty when it sent tensors)."""
+    def _inputs(self, request: Any) -> tuple[Tensors | None, list[bytes], int | None]:
+        """The request's model inputs when it sent tensors (else None), its encoded images
+        (empty when it sent tensors), and the version it pins."""
         data = request.data
         entry = self.versions.entry
         given = [name for name in self._names if name in data]
@@ -281,10 +309,36 @@ class Replica:
                 name: np.ascontiguousarray(data[name], dtype=inputs[name].numpy_dtype)
                 for name in given
             }
-            return tensors, [], []
+            return tensors, [], requested_version(request)
         images = [bytes(encoded) for encoded in data[IMAGE_INPUT].reshape(-1)]
-        prepared = get_task(entry.task).prepare(entry, images, self.limits)
-        for row, failure in enumerate(prepared.failures):
-            if failure is not None:
-                raise type(failure)(f"image row {row}: {failure.message}") from failure
-        return prepared.inputs, prepared.metas, images
+        return None, images, requested_version(request)
+
+    def _decode(
+        self, groups: list[list[bytes]]
+    ) -> tuple[list[tuple[Tensors, list[Any]] | ServingError], Tensors | None]:
+        """Per image request (its images, `groups`): its decoded rows and what the task kept
+        of each image, or the error of its first bad image; and the decoded batch of them
+        all when every image decoded."""
+        if not groups:
+            return [], None
+        entry = self.versions.entry
+        flat = [image for group in groups for image in group]
+        prepared = self.decoder.prepare(get_task(entry.task), entry, flat, self.limits)
+        found: list[tuple[Tensors, list[Any]] | ServingError] = []
+        row = index = 0  # the group's first row in the decoded batch, and first image
+        for group in groups:
+            failures = prepared.failures[index : index + len(group)]
+            index += len(group)
+            good = sum(failure is None for failure in failures)
+            bad = [(number, f) for number, f in enumerate(failures) if f is not None]
+            if bad:
+                number, failure = bad[0]
+                error = type(failure)(f"image row {number}: {failure.message}")
+                error.__cause__ = failure
+                found.append(error)
+            else:
+                found.append(
+                    (take_rows(prepared.inputs, row, row + good), prepared.metas[row : row + good])
+                )
+            row += good
+        return found, prepared.inputs if all(f is None for f in prepared.failures) else None

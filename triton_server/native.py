@@ -40,6 +40,7 @@ BACKEND = "imgserve.backend_settings"
 LIMITS = "imgserve.image_limits"
 QUEUE_BOUND = "imgserve.queue_bound"  # kept by the stub (`triton_server.queue_guard`)
 METRICS = "imgserve.metrics_url"  # where the stub reads its queue's length
+DECODE_THREADS = "imgserve.decode_threads"  # threads that decode one batch's images
 
 # The file tritonserver runs as the model: it only makes the project importable (the
 # project's root comes from the config, the way to the venv's packages from the PATH
@@ -84,6 +85,7 @@ def model_config(
     *,
     metrics_url: str = "",
     bound_in_triton: bool = False,
+    decode_threads: int = 1,
 ) -> str:
     """The Python-backend config.pbtxt of an entry, derived from its committed one.
 
@@ -139,6 +141,7 @@ def model_config(
         LIMITS: limits.model_dump_json(),
         QUEUE_BOUND: str(stub_bound),
         METRICS: metrics_url,
+        DECODE_THREADS: str(decode_threads),
     }
     for key, value in parameters.items():
         config.parameters[key].string_value = value

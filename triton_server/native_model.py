@@ -261,7 +261,12 @@ class NativeModel:
         )
         self.version_metrics = _TritonVersionMetrics()
         self.replica = Replica(
-            self.versions, limits, self.version_metrics, self.observe, self.predictions
+            self.versions,
+            limits,
+            self.version_metrics,
+            self.observe,
+            self.predictions,
+            decode_threads=int(parameters.get(native.DECODE_THREADS) or 1),
         )
         self.guard = QueueGuard(
             entry.name,

@@ -308,6 +308,7 @@ class TritonFrontEnd:
                 batching=self.settings.batching,
                 metrics_url=self.metrics_url,
                 bound_in_triton=self.settings.triton_queue_bound == "triton",
+                decode_threads=self.settings.decode_threads,
             )
             native.write_model(store, entry, config)
         self._start_latency_metrics()  # the rollout decisions; the rest is in the stubs
@@ -371,6 +372,7 @@ class TritonFrontEnd:
                 self.metrics.versions,
                 on_batch,
                 self.predictions,
+                decode_threads=self.settings.decode_threads,
             )
             for _ in range(entry.instances)
         ]

@@ -38,6 +38,13 @@ class TritonSettings(ProjectSettings):
         "(triton_server/queue_guard.py), or tritonserver's queue policy, which stalls "
         "tritonserver 2.51's batcher for 500 ms at a time under load.",
     )
+    decode_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Threads that decode one batch's images, when they are large enough to "
+        "share out (runners/decoding.py): the batch waits for its decoding, and a core "
+        "idles while one thread decodes.",
+    )
     batching: bool = Field(
         default=True,
         description="False serves every model one request at a time (max batch size 1, "
