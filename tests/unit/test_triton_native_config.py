@@ -28,6 +28,7 @@ def _config(batching: bool = True, bound_in_triton: bool = False) -> tuple[Model
         batching,
         metrics_url=METRICS,
         bound_in_triton=bound_in_triton,
+        decode_threads=3,
     )
     return entry, parse_config(text)
 
@@ -84,3 +85,4 @@ def test_by_default_the_stub_keeps_the_queue_bound_and_triton_prefetches() -> No
     parameters = {k: v.string_value for k, v in config.parameters.items()}
     assert int(parameters[native.QUEUE_BOUND]) == entry.batching.max_queue_size > 0
     assert parameters[native.METRICS] == METRICS
+    assert parameters[native.DECODE_THREADS] == "3"  # the stub's decoding threads
