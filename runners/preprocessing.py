@@ -235,11 +235,14 @@ def decode_and_preprocess_many(
 
 def _mean_and_std(sample: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of uint8 pixels from integer sums: exact, and cheaper than
-    NumPy's float mean() and std(), which run on every decoded image."""
-    values = sample.reshape(-1).astype(np.int64)
+    NumPy's float mean() and std(), which run on every decoded image. A pixel's square
+    (at most 255 * 255) fits 16 bits, so the squares are taken in place in a uint16 copy and
+    summed into 64 bits."""
+    values = sample.reshape(-1).astype(np.uint16)
     count = values.size
-    mean = int(values.sum()) / count
-    variance = int(np.dot(values, values)) / count - mean * mean
+    mean = int(values.sum(dtype=np.uint64)) / count
+    np.multiply(values, values, out=values)
+    variance = int(values.sum(dtype=np.uint64)) / count - mean * mean
     return mean, max(variance, 0.0) ** 0.5
 
 

@@ -19,6 +19,7 @@ from runners.errors import EmptyInput, ImageDecodeError, ImageTooLarge, PayloadT
 from runners.preprocessing import (
     ImageLimits,
     PreprocessSpec,
+    _mean_and_std,
     decode_and_preprocess,
     decode_and_preprocess_many,
     decode_image,
@@ -463,3 +464,18 @@ def test_many_images_decode_as_one_each_and_fail_in_their_own_slots() -> None:
     ]  # fmt: skip
     empty, none = decode_and_preprocess_many([b"x"], spec)
     assert empty.shape == (0, 1, 8, 8) and isinstance(none[0], ImageDecodeError)
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.random.default_rng(3).integers(0, 256, (3, 224, 224), dtype=np.uint8),
+        np.full((3, 1000, 1000), 255, dtype=np.uint8),  # the largest squares, many of them
+        np.zeros((1, 28, 28), dtype=np.uint8),
+    ],
+    ids=["noise", "white", "black"],
+)
+def test_the_logged_pixel_statistics_are_numpys(pixels: np.ndarray) -> None:
+    mean, std = _mean_and_std(pixels)
+    assert mean == pytest.approx(float(pixels.mean()), abs=1e-9)
+    assert std == pytest.approx(float(pixels.std()), abs=1e-6)
