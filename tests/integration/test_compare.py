@@ -64,8 +64,8 @@ def test_every_cell_measured_without_errors(report: Path) -> None:
     # Batching off is a real configuration: Triton ran every request alone. Triton adds to
     # nv_inference_count and nv_inference_exec_count one after the other, so a scrape at either
     # end of a step's window can hold one execution's count without its exec_count: the ratio
-    # is 1 to within an execution at each end, while requests sharing
-    # an execution in one execution of a hundred would make it 1.01.
+    # is 1 to within an execution at each end. One execution in a hundred running two
+    # requests would make it 1.01.
     unbatched = next(c for c in cells if c["key"] == UNBATCHED)
     assert all(s["batch_size"] == pytest.approx(1.0, abs=0.01) for s in unbatched["steps"]), (
         unbatched["steps"]
