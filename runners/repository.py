@@ -24,6 +24,7 @@ Triton's OpenVINO backend with the BF16 hint, so the official container runs it 
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -327,26 +328,45 @@ def read_model(directory: Path, name: str | None = None, version: int | None = N
 
 
 def _read_model_once(directory: Path, name: str | None, version: int | None) -> ModelEntry:
-    name = name or directory.name
+    """The directory's files, read; the entry they make is built once per distinct content
+    (`_entry`): a poller that reads the repository every second parses nothing new."""
     config_path = directory / CONFIG_FILE
-    source = str(config_path)
     if not config_path.is_file():
-        raise RepositoryError(f"{source} is missing")
-    config = parse_config(config_path.read_text(), source)
+        raise RepositoryError(f"{config_path} is missing")
+    text = config_path.read_text()
+    folders = tuple(
+        sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    )
+    labels_path = directory / LABELS_FILE
+    labels = labels_path.read_text() if labels_path.is_file() else None
+    return _entry(directory, name or directory.name, version, text, folders, labels)
+
+
+@functools.lru_cache(maxsize=256)
+def _entry(  # noqa: PLR0917 (the cache key: every file read, in order)
+    directory: Path,
+    name: str,
+    version: int | None,
+    text: str,
+    folders: tuple[int, ...],
+    labels_text: str | None,
+) -> ModelEntry:
+    """The entry a model directory's contents make: its config's text, its version folders and
+    its labels' text (None: no labels file). Entries are frozen, so readers share one."""
+    source = str(directory / CONFIG_FILE)
+    config = parse_config(text, source)
     if config.name and config.name != name:
         raise RepositoryError(f"{source} names model {config.name!r}, its folder is {name!r}")
-    folders = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
     rollout: Rollout | None = None
     if version is None:
         version, rollout = _rollout(
-            config, _served_versions(config, folders, directory, source), source
+            config, _served_versions(config, list(folders), directory, source), source
         )
     elif version not in folders:
         raise RepositoryError(f"{directory} has no version folder {version}")
-    labels_path = directory / LABELS_FILE
-    if not labels_path.is_file():
-        raise RepositoryError(f"{labels_path} is missing")
-    labels = tuple(line.strip() for line in labels_path.read_text().splitlines() if line.strip())
+    if labels_text is None:
+        raise RepositoryError(f"{directory / LABELS_FILE} is missing")
+    labels = tuple(line.strip() for line in labels_text.splitlines() if line.strip())
     queue = config.dynamic_batching.default_queue_policy
     try:
         entry = ModelEntry(

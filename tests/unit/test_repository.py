@@ -4,6 +4,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from runners import repository
 from runners.errors import NotFound, RepositoryError
 from runners.preprocessing import PreprocessSpec
 from runners.repository import (
@@ -48,6 +49,27 @@ def test_write_then_read_round_trips(tmp_path: Path) -> None:
     assert (entry.directory / "labels.txt").read_text() == "a\nb\nc\n"
     assert written.batching.max_latency_ms == 1.5
     assert not list((tmp_path / "repo").glob(".*")), "staging folders must not be left behind"
+
+
+def test_a_reread_parses_only_what_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pollers read the repository every second: an unchanged directory costs no parse, and
+    any change to what it holds (here the labels, rewritten in place at the same length) is
+    read at once."""
+    entry = write_model(make_entry(tmp_path), tiny_classifier(tmp_path / "src" / "model.onnx"))
+    parses: list[str] = []
+    parse = repository.parse_config
+
+    def counted(text: str, source: str = "") -> object:
+        parses.append(source)
+        return parse(text, source)
+
+    monkeypatch.setattr(repository, "parse_config", counted)
+    repository._entry.cache_clear()
+    assert read_model(entry.directory) == read_model(entry.directory) == entry
+    assert len(parses) == 1
+    (entry.directory / "labels.txt").write_text("x\ny\nz\n")
+    assert read_model(entry.directory).labels == ("x", "y", "z")
+    assert len(parses) == 2
 
 
 def test_rendered_config_is_a_triton_model_config(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,17 +104,17 @@ def test_a_read_that_spans_a_promotion_sees_one_directory(
     entry, first, second = published(tmp_path)
     rollout = Rollout(challenger=2, canary_share=0.5)
     write_model(entry.model_copy(update={"rollout": rollout}), first, challenger_file=second)
-    parse = repository.parse_config
-    swaps: list[str] = []
+    read_text = Path.read_text
+    swaps: list[Path] = []
 
-    def parse_then_promote(text: str, source: str = "") -> object:
-        config = parse(text, source)
-        if not swaps and source.startswith(str(entry.directory)):
-            swaps.append(source)
+    def read_then_promote(path: Path, *args: Any, **kwargs: Any) -> str:
+        text = read_text(path, *args, **kwargs)
+        if not swaps and path == entry.directory / repository.CONFIG_FILE:
+            swaps.append(path)
             write_model(entry.model_copy(update={"version": 2}), second)
-        return config
+        return text
 
-    monkeypatch.setattr(repository, "parse_config", parse_then_promote)
+    monkeypatch.setattr(Path, "read_text", read_then_promote)
     read = read_model(entry.directory)
     assert swaps, "the promotion ran inside the read"
     assert (read.version, read.versions, read.rollout) == (2, (2,), None)
