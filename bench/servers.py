@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +74,30 @@ class Server:
             except psutil.NoSuchProcess:
                 continue
         return total
+
+
+# What the benchmark's servers use together when nothing loads them is a few hundredths of a
+# core (pollers, metrics); one batch still running uses the whole machine.
+QUIET_CORES = 0.15
+
+
+def wait_quiet(started: Iterable[Server], window_s: float = 0.25, timeout_s: float = 30.0) -> float:
+    """Wait until the servers together use under `QUIET_CORES` over a `window_s` window; the
+    seconds waited (`timeout_s` at most).
+
+    A load generator that stops leaves its last requests queued in the server, which runs
+    them to the end: a round started at once would share the cores with that work (a batch
+    of ResNet-50 FP32 runs for most of a second here), and so would a raw timing."""
+    found = list(started)
+    began = time.monotonic()
+    before = sum(server.cpu_seconds() for server in found)
+    while True:
+        time.sleep(window_s)
+        now = sum(server.cpu_seconds() for server in found)
+        waited = time.monotonic() - began
+        if now - before < QUIET_CORES * window_s or waited >= timeout_s:
+            return waited
+        before = now
 
 
 def start(  # noqa: PLR0917 (a launcher's arguments read best in order)
