@@ -285,27 +285,42 @@ def run(args: argparse.Namespace, work: Path) -> Report:
     detector = not args.quick and DETECTOR in served
     families = ["digits", *([PROFILE] if profiles else []), *([DETECTOR] if detector else [])]
     env = {"IMGSERVE_REPOSITORY": str(repository), "IMGSERVE_MODELS": json.dumps(families)}
+
+    def own(name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """A server's environment: its prediction log and registry in the benchmark's own
+        folder (the benchmark's traffic stays out of the project's data), and no periodic
+        drift check (a check takes seconds of CPU from whichever round it lands in)."""
+        data = {"IMGSERVE_DATA_DIR": str(work / "data" / name), "IMGSERVE_DRIFT_INTERVAL_S": "0"}
+        return {**data, **(extra or {})}
+
     started: dict[str, servers.Server] = {}
     launchers: dict[str, Callable[[], servers.Server]] = {
-        "service": lambda: servers.bentoml("service:ImageClassifier", work / "service.log", env),
-        "trivial": lambda: servers.bentoml(
-            "bench.trivial_service:Trivial", work / "trivial.log", name="trivial"
+        "service": lambda: servers.bentoml(
+            "service:ImageClassifier", work / "service.log", own("service", env)
         ),
-        "baseline": lambda: servers.baseline(repository / "digits_fp32", work / "baseline.log"),
+        "trivial": lambda: servers.bentoml(
+            "bench.trivial_service:Trivial", work / "trivial.log", own("trivial"), name="trivial"
+        ),
+        "baseline": lambda: servers.baseline(
+            repository / "digits_fp32", work / "baseline.log", env=own("baseline")
+        ),
         "triton": lambda: servers.triton(
-            repository, ["digits", *([PROFILE] if profiles else [])], work / "triton.log"
+            repository,
+            ["digits", *([PROFILE] if profiles else [])],
+            work / "triton.log",
+            env=own("triton"),
         ),
         "triton-pytriton": lambda: servers.triton(
             repository,
             ["digits"],
             work / "triton-pytriton.log",
             name="triton-pytriton",
-            env={"IMGSERVE_TRITON_MODE": "pytriton"},
+            env=own("triton-pytriton", {"IMGSERVE_TRITON_MODE": "pytriton"}),
         ),
     }
     if profiles:  # the cold-start target is the default model's: time that one alone too
         alone = servers.bentoml("service:ImageClassifier", work / "alone.log",
-                                {"IMGSERVE_REPOSITORY": str(repository)})  # fmt: skip
+                                own("alone", {"IMGSERVE_REPOSITORY": str(repository)}))  # fmt: skip
         servers.stop(alone)
         cold_default = alone.ready_after_s
     try:
