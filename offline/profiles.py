@@ -33,6 +33,10 @@ SPEC = PreprocessSpec(
 BATCHING = Batching(
     max_batch_size=32, preferred_batch_sizes=(8, 16), max_queue_delay_us=5000, max_queue_size=128
 )
+# Two instances in Triton: while one runs a batch on the engine, the other decodes its next
+# batch and answers its last one, so the cores never wait on the Python around the engine;
+# each instance's engine gets half the cores (`triton_server.native.engine_settings`).
+INSTANCES = 2
 
 
 def synthetic_images(count: int, seed: int) -> np.ndarray:
@@ -74,6 +78,7 @@ def build(
                 calibration_description="32 smooth random images",
                 repository=repository,
                 batching=BATCHING,
+                instances=INSTANCES,
                 load_profile=True,
                 summary=(
                     f"LOAD PROFILE, NOT A CLASSIFIER: a {architecture} topology with seeded "

@@ -75,6 +75,8 @@ class PublishRequest:
     calibration_description: str
     load_profile: bool = False
     output_kind: str = "logits"
+    # Model instances Triton runs side by side (config.pbtxt `instance_group`).
+    instances: int = 1
     # The file the user named, in messages (fp32_onnx may be a rewritten copy of it).
     source_name: str | None = None
     # How the served FP32 file matches the model's original pipeline, when checked.
@@ -107,6 +109,7 @@ def _entry(request: PublishRequest, variant: Variant, preferred_backend: str) ->
         labels=request.labels,
         preprocess=request.spec,
         batching=request.batching,
+        instances=request.instances,
         preferred_backend=preferred_backend,  # type: ignore[arg-type]
         output_kind=request.output_kind,  # type: ignore[arg-type]
         load_profile=request.load_profile,

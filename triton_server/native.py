@@ -17,6 +17,7 @@ config's parameters (`DIRECTORY` and the rest below).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,19 @@ def _data_type(dtype: type | np.dtype) -> int:
     name = np_to_triton_dtype(np.dtype(dtype))
     value: int = mc.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}")
     return value
+
+
+def engine_settings(
+    backend: BackendSettings, instances: int, cores: int | None = None
+) -> BackendSettings:
+    """The engine settings of one instance's stub. A model's instances run side by side, so
+    where the engine picks its own thread count (0, the default) each instance's engine gets
+    its share of the cores, one at least: two instances with an engine thread per core each
+    would fight over every core. A thread count the user set is kept."""
+    if backend.intra_op_threads or instances <= 1:
+        return backend
+    available = cores or len(os.sched_getaffinity(0))
+    return backend.model_copy(update={"intra_op_threads": max(1, available // instances)})
 
 
 def model_config(
@@ -137,7 +151,7 @@ def model_config(
         PROJECT: str(PROJECT_ROOT),
         DIRECTORY: str(entry.directory),
         BATCHING: "true" if batching else "false",
-        BACKEND: backend.model_dump_json(),
+        BACKEND: engine_settings(backend, entry.instances).model_dump_json(),
         LIMITS: limits.model_dump_json(),
         QUEUE_BOUND: str(stub_bound),
         METRICS: metrics_url,

@@ -86,3 +86,20 @@ def test_by_default_the_stub_keeps_the_queue_bound_and_triton_prefetches() -> No
     assert int(parameters[native.QUEUE_BOUND]) == entry.batching.max_queue_size > 0
     assert parameters[native.METRICS] == METRICS
     assert parameters[native.DECODE_THREADS] == "3"  # the stub's decoding threads
+
+
+def test_instances_share_the_cores_their_engines_pick_threads_for() -> None:
+    """Side by side, each instance's engine gets its share of the cores where the engine
+    would pick its own thread count; a count the user set, or one instance, is left alone."""
+    auto, chosen = BackendSettings(), BackendSettings(intra_op_threads=3)
+    assert native.engine_settings(auto, 2, cores=16).intra_op_threads == 8
+    assert native.engine_settings(auto, 3, cores=2).intra_op_threads == 1
+    assert native.engine_settings(auto, 1, cores=16) == auto
+    assert native.engine_settings(chosen, 2, cores=16) == chosen
+    entry = Repository(ROOT).get("digits", "fp32").model_copy(update={"instances": 2})
+    config = parse_config(native.model_config(entry, auto, ImageLimits()))
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    assert [g.count for g in config.instance_group] == [2]
+    assert BackendSettings.model_validate_json(parameters[native.BACKEND]) == (
+        native.engine_settings(auto, 2)
+    )
