@@ -31,6 +31,7 @@ def test_mobilenet_profile_is_published_as_a_load_profile(tmp_path: Path) -> Non
     assert card.bf16.cpu_has_bf16 == (bf16_unavailable() is None)
     for entry in variants.values():
         assert entry.load_profile
+        assert entry.instances == profiles.INSTANCES == 2  # Triton runs two side by side
         assert entry.inputs[0].dims == (3, 224, 224)
         model = LoadedModel.load(entry, warmup_batch_sizes=(1,))
         image = profiles.synthetic_images(2, seed=9)
