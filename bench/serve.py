@@ -364,7 +364,7 @@ def measure(
         for contender in chosen:
             prefix = work / f"round{number}" / contender.name.replace(" ", "_")
             server = started[contender.server]
-            quiet(started, contender.name)
+            quiet(started)
             before = server.cpu_seconds()
             result = run_locust(
                 server.url, contender.user, args.users, args.round_s, prefix, contender.options
@@ -393,7 +393,7 @@ def measure(
                     **{cell: (cell.rsplit(" ", 1)[1], max(1, round(size)))
                        for cell, size in formed.items()},
                 })  # fmt: skip
-            quiet(started, "raw")
+            quiet(started)
             raw.time_round()
     server_cpu = {name: s.cpu_seconds() - cpu_before[name] for name, s in started.items()}
     requests = {name: sum(r.requests for r in found) for name, found in results.items()}
@@ -422,8 +422,8 @@ def measure(
     )
 
 
-def quiet(started: dict[str, servers.Server], before: str) -> None:
-    """Let every server finish the requests the last round left queued before `before` runs."""
+def quiet(started: dict[str, servers.Server]) -> None:
+    """Let every server finish the requests the last round left queued."""
     waited = servers.wait_quiet(started.values())
     if waited > 0.5:
         log.info("  waited %.1f s for the servers to finish the last round's work", waited)

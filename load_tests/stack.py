@@ -26,6 +26,7 @@ import httpx
 
 from bench import servers
 from load_tests.matrix import Deployment
+from runners.settings import share_of_cores
 
 
 @dataclass
@@ -56,7 +57,7 @@ def engine_threads(deployment: Deployment) -> dict[str, str]:
     for one replica, the replica's share of the cores for several."""
     if deployment.replicas == 1:
         return {}
-    share = str(max(1, (os.cpu_count() or 1) // deployment.replicas))
+    share = str(share_of_cores(deployment.replicas, os.cpu_count() or 1))
     return {"IMGSERVE_INTRA_OP_THREADS": share, "BASELINE_INTRA_OP_THREADS": share}
 
 

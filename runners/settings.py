@@ -6,6 +6,7 @@ One environment prefix, `IMGSERVE_`. Precedence: explicit arguments > environmen
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -96,3 +97,11 @@ class BackendSettings(ProjectSettings):
     openvino_streams: int = Field(
         default=0, ge=0, description="OpenVINO NUM_STREAMS; 0 leaves it to the hint."
     )
+
+
+def share_of_cores(engines: int, cores: int | None = None) -> int:
+    """Intra-op threads for each of `engines` engines side by side: its share of `cores` (the
+    cores this process may run on by default), one at least, so that they do not fight over
+    every core with a thread per core each."""
+    available = cores or len(os.sched_getaffinity(0))
+    return max(1, available // engines)

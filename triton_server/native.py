@@ -17,7 +17,6 @@ config's parameters (`DIRECTORY` and the rest below).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from runners.backends import create_backend
 from runners.model import choose_backend
 from runners.preprocessing import ImageLimits
 from runners.repository import CONFIG_FILE, ModelEntry, parse_config
-from runners.settings import BackendSettings
+from runners.settings import BackendSettings, share_of_cores
 from triton_server import model as triton_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # what the stub puts on sys.path
@@ -83,12 +82,10 @@ def engine_settings(
 ) -> BackendSettings:
     """The engine settings of one instance's stub. A model's instances run side by side, so
     where the engine picks its own thread count (0, the default) each instance's engine gets
-    its share of the cores, one at least: two instances with an engine thread per core each
-    would fight over every core. A thread count the user set is kept."""
+    its share of the cores (`share_of_cores`). A thread count the user set is kept."""
     if backend.intra_op_threads or instances <= 1:
         return backend
-    available = cores or len(os.sched_getaffinity(0))
-    return backend.model_copy(update={"intra_op_threads": max(1, available // instances)})
+    return backend.model_copy(update={"intra_op_threads": share_of_cores(instances, cores)})
 
 
 def model_config(
